@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make run` (set-up, then the main job) and `make test`
+# (set-up, then every test). Set-up = system packages, .venv, pinned dependencies, native build.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bas-installed
+NATIVE := $(wildcard native/*.c native/*.h native/build_ffi.py)
+PROFILE_DIR ?= $(CURDIR)/.bas-run
+
+.PHONY: setup sysdeps native run test lint bench clean
+
+setup: sysdeps $(STAMP) native
+
+sysdeps:
+	@bash tools/setup-system.sh
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) requirements.lock pyproject.toml setup.py
+	$(PY) -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+native: bas/.native-built
+
+bas/.native-built: $(STAMP) $(NATIVE)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+# The main job: profile this machine's DRAM and local file system, print the BRAID table.
+run: setup
+	@mkdir -p $(PROFILE_DIR)
+	$(PY) -m bas.profile "dram://?size=256M" "file://$(PROFILE_DIR)/profile.bin?size=256M" \
+		--quick --save $(PROFILE_DIR) --plot $(PROFILE_DIR)/braid.png
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) tools/bench --list
+
+clean:
+	rm -rf build $(VENV) bas/*.so bas/_bas_*.c bas/.native-built $(PROFILE_DIR)

@@ -1,0 +1,40 @@
+"""bas: a storage-engine library for byte-addressable and other fast storage (BRAID devices)."""
+
+from bas.device import Device, Requests
+from bas.errors import (
+    AlignmentError,
+    BackendUnavailableError,
+    CorruptionError,
+    DeviceBusyError,
+    DeviceClosedError,
+    DeviceError,
+    DeviceIOError,
+    InvalidURLError,
+    LayoutError,
+    OutOfBoundsError,
+    PoolTooSmallError,
+    ReadOnlyError,
+    UnsupportedError,
+)
+from bas.registry import BACKENDS, open_device, parse_size
+
+__all__ = [
+    "BACKENDS",
+    "AlignmentError",
+    "BackendUnavailableError",
+    "CorruptionError",
+    "Device",
+    "DeviceBusyError",
+    "DeviceClosedError",
+    "DeviceError",
+    "DeviceIOError",
+    "InvalidURLError",
+    "LayoutError",
+    "OutOfBoundsError",
+    "PoolTooSmallError",
+    "ReadOnlyError",
+    "Requests",
+    "UnsupportedError",
+    "open_device",
+    "parse_size",
+]

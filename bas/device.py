@@ -1,0 +1,324 @@
+"""The Device contract: one byte-addressed storage device, whatever the backend.
+
+Like leveldb's Env, one base class holds the whole contract. Public methods check arguments
+and state, add context to errors and count calls in flight; a backend implements only the
+private primitives below. Callers branch on capability properties, never on isinstance.
+
+Primitives a backend implements (all receive already-checked arguments):
+  _size() -> int                       bytes addressable, fixed for the device's life
+  _read_into(offset, view)             fill the writable byte memoryview from offset
+  _write(offset, view)                 store the byte memoryview at offset (not yet durable)
+  _persist()                           make every completed write durable
+  _close()                             release resources; called once
+and may override, for native multi-threaded vectored I/O:
+  _read_many(req, out, threads) / _write_many(req, data, threads)   (req: Requests)
+
+Thread safety: every public method may be called from several threads at once. Writes to
+overlapping ranges that race leave unspecified bytes (some interleaving). close() waits for
+calls in flight and then refuses new ones with DeviceClosedError.
+
+Durability: a write is durable once a later persist() returns (on a persistent device); a crash
+before that may lose or tear it. Non-persistent devices (DRAM) accept persist() as a no-op.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from bas import native
+from bas.errors import (
+    AlignmentError,
+    DeviceClosedError,
+    DeviceError,
+    DeviceIOError,
+    OutOfBoundsError,
+    ReadOnlyError,
+)
+
+__all__ = ["Device", "Requests"]
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Checked vectored requests: piece i is [offsets[i], offsets[i] + length_i)."""
+
+    offsets: np.ndarray  # uint64
+    lengths: np.ndarray | None  # uint64, or None when every piece is `uniform` long
+    uniform: int
+    total: int  # bytes moved
+
+    def __len__(self) -> int:
+        return int(self.offsets.size)
+
+    def length_array(self) -> np.ndarray:
+        if self.lengths is not None:
+            return self.lengths
+        return np.full(self.offsets.size, self.uniform, dtype=np.uint64)
+
+
+class Device:
+    """A byte-addressed device of fixed size. Open one with `bas.open_device(url)`."""
+
+    scheme: str = ""
+    #: survives power loss once persist() returns
+    persistent: bool = False
+    #: loads and stores of single bytes are native (no block read-modify-write below us)
+    byte_addressable: bool = False
+    #: backed by persistent memory through PMDK
+    is_pmem: bool = False
+    #: I/O bypasses the page cache (O_DIRECT)
+    direct_io: bool = False
+    #: bytes the media moves for the smallest access (Optane 256, a flash page 4096)
+    granularity: int = 1
+    #: requests must be multiples of this (and buffers aligned to it); 1 = anything goes
+    alignment: int = 1
+
+    def __init__(self, url: str, *, read_only: bool = False):
+        self.url = url
+        self.read_only = read_only
+        self._state = threading.Condition(threading.Lock())
+        self._inflight = 0
+        self._closed = False
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Bytes addressable: valid offsets are [0, size)."""
+        return self._size()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def read_into(self, offset: int, out) -> int:
+        """Fill the writable buffer `out` with the bytes at [offset, offset + len(out)).
+
+        Returns the number of bytes read (always len(out)). Raises OutOfBoundsError,
+        AlignmentError, DeviceClosedError or DeviceIOError.
+        """
+        view = _byte_view(out, writable=True)
+        self._check_range(offset, view.nbytes, "read")
+        self._check_aligned(offset, view.nbytes, view, "read")
+        with self._op("read", offset, view.nbytes):
+            if view.nbytes:
+                self._read_into(offset, view)
+        return view.nbytes
+
+    def read(self, offset: int, length: int) -> bytes:
+        """The bytes at [offset, offset + length)."""
+        if not isinstance(length, (int, np.integer)) or length < 0:
+            raise OutOfBoundsError(f"{self.url}: length must be a non-negative int, got "
+                                   f"{length!r}")
+        buf = self._aligned_buffer(int(length))
+        self.read_into(offset, buf)
+        return bytes(buf)
+
+    def write(self, offset: int, data) -> None:
+        """Store `data` (any bytes-like object) at offset. Durable after the next persist()."""
+        view = _byte_view(data, writable=False)
+        self._check_writable("write")
+        self._check_range(offset, view.nbytes, "write")
+        self._check_aligned(offset, view.nbytes, view, "write")
+        with self._op("write", offset, view.nbytes):
+            if view.nbytes:
+                self._write(offset, view)
+
+    def persist(self) -> None:
+        """Make every write that returned before this call durable (a no-op on DRAM)."""
+        self._check_writable("persist")
+        with self._op("persist", 0, 0):
+            self._persist()
+
+    def read_many(self, offsets, lengths, out=None, *, threads: int = 1):
+        """Gather pieces into one buffer, packed back to back in request order.
+
+        offsets: sequence of ints; lengths: one int for all pieces, or one per piece.
+        out: a writable buffer of at least the total length (allocated when None).
+        threads: native worker threads (the GIL is released while they run).
+        Returns out.
+        """
+        req = self._requests(offsets, lengths, "read")
+        if out is None:
+            out = self._aligned_buffer(req.total)
+        view = _byte_view(out, writable=True)
+        if view.nbytes < req.total:
+            raise OutOfBoundsError(f"{self.url}: out holds {view.nbytes} bytes, the reads "
+                                   f"need {req.total}")
+        self._check_aligned_requests(req, view, "read")
+        with self._op("read_many", int(req.offsets[0]) if len(req) else 0, req.total):
+            if req.total:
+                self._read_many(req, view, _threads(threads))
+        return out
+
+    def write_many(self, offsets, lengths, data, *, threads: int = 1) -> None:
+        """Scatter the packed pieces of `data` to the given offsets (see read_many)."""
+        self._check_writable("write")
+        req = self._requests(offsets, lengths, "write")
+        view = _byte_view(data, writable=False)
+        if view.nbytes < req.total:
+            raise OutOfBoundsError(f"{self.url}: data holds {view.nbytes} bytes, the writes "
+                                   f"need {req.total}")
+        self._check_aligned_requests(req, view, "write")
+        with self._op("write_many", int(req.offsets[0]) if len(req) else 0, req.total):
+            if req.total:
+                self._write_many(req, view, _threads(threads))
+
+    def close(self) -> None:
+        """Release the device after calls in flight finish. A second close() raises."""
+        with self._state:
+            if self._closed:
+                raise DeviceClosedError(f"{self.url}: device closed twice")
+            self._closed = True
+            while self._inflight:
+                self._state.wait()
+        self._close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._closed:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"size={self._size()}"
+        return f"<{type(self).__name__} {self.url} {state}>"
+
+    # -- default vectored I/O: one primitive call per piece -----------------------------
+
+    def _read_many(self, req: Requests, out: memoryview, threads: int) -> None:
+        pos = 0
+        for off, length in zip(req.offsets.tolist(), req.length_array().tolist(), strict=True):
+            self._read_into(off, out[pos:pos + length])
+            pos += length
+
+    def _write_many(self, req: Requests, data: memoryview, threads: int) -> None:
+        pos = 0
+        for off, length in zip(req.offsets.tolist(), req.length_array().tolist(), strict=True):
+            self._write(off, data[pos:pos + length])
+            pos += length
+
+    # -- primitives ---------------------------------------------------------------------
+
+    def _size(self) -> int:
+        raise NotImplementedError
+
+    def _read_into(self, offset: int, view: memoryview) -> None:
+        raise NotImplementedError
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        raise NotImplementedError
+
+    def _persist(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    # -- checks shared by the public methods -------------------------------------------
+
+    def _aligned_buffer(self, length: int):
+        """A fresh zeroed buffer that meets this device's alignment."""
+        if self.alignment <= 1:
+            return bytearray(length)
+        raw = np.zeros(length + self.alignment, dtype=np.uint8)
+        skip = (-native.address_of(raw)) % self.alignment
+        return raw[skip:skip + length]
+
+    @contextmanager
+    def _op(self, what: str, offset: int, length: int):
+        with self._state:
+            if self._closed:
+                raise DeviceClosedError(f"{self.url}: {what} on a closed device")
+            self._inflight += 1
+        try:
+            yield
+        except DeviceError:
+            raise
+        except OSError as exc:
+            raise DeviceIOError(exc.errno, f"{self.url}: {what} of {length} bytes at offset "
+                                f"{offset} failed: {exc.strerror or exc}") from exc
+        finally:
+            with self._state:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._state.notify_all()
+
+    def _check_writable(self, what: str) -> None:
+        if self._closed:
+            raise DeviceClosedError(f"{self.url}: {what} on a closed device")
+        if self.read_only:
+            raise ReadOnlyError(f"{self.url}: {what} on a device opened read-only")
+
+    def _check_range(self, offset, length: int, what: str) -> None:
+        if self._closed:
+            raise DeviceClosedError(f"{self.url}: {what} on a closed device")
+        if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool):
+            raise OutOfBoundsError(f"{self.url}: {what} offset must be an int, got {offset!r}")
+        size = self._size()
+        if offset < 0 or offset + length > size:
+            raise OutOfBoundsError(f"{self.url}: {what} of {length} bytes at offset {offset} "
+                                   f"is outside the device's {size} bytes")
+
+    def _check_aligned(self, offset: int, length: int, view: memoryview, what: str) -> None:
+        a = self.alignment
+        if a <= 1:
+            return
+        if offset % a or length % a or (length and native.address_of(view) % a):
+            raise AlignmentError(f"{self.url}: {what} of {length} bytes at offset {offset} is "
+                                 f"not aligned to {a} bytes (offset, length and buffer address "
+                                 f"must be multiples; open with bounce=1 to allow any)")
+
+    def _requests(self, offsets, lengths, what: str) -> Requests:
+        if self._closed:
+            raise DeviceClosedError(f"{self.url}: {what}_many on a closed device")
+        try:
+            offs, lens, uniform, total = native.as_requests(offsets, lengths)
+        except ValueError as exc:
+            raise OutOfBoundsError(f"{self.url}: {what}_many: {exc}") from None
+        size = self._size()
+        if offs.size:
+            longest = uniform if lens is None else int(lens.max())
+            if longest > size:
+                raise OutOfBoundsError(f"{self.url}: {what}_many piece of {longest} bytes "
+                                       f"exceeds the device's {size} bytes")
+            ends_ok = offs <= np.uint64(size) - (np.uint64(uniform) if lens is None else lens)
+            if not bool(np.all(ends_ok)):
+                bad = int(np.argmin(ends_ok))
+                raise OutOfBoundsError(f"{self.url}: {what}_many request {bad} at offset "
+                                       f"{int(offs[bad])} reaches past the device's {size} "
+                                       f"bytes")
+        return Requests(offs, lens, uniform, total)
+
+    def _check_aligned_requests(self, req: Requests, view: memoryview, what: str) -> None:
+        a = self.alignment
+        if a <= 1 or not len(req):
+            return
+        lens = req.length_array()
+        if (bool(np.any(req.offsets % np.uint64(a))) or bool(np.any(lens % np.uint64(a)))
+                or native.address_of(view) % a):
+            raise AlignmentError(f"{self.url}: {what}_many requests must be aligned to {a} "
+                                 f"bytes (offsets, lengths and the buffer address)")
+
+
+def _byte_view(buf, *, writable: bool) -> memoryview:
+    try:
+        view = memoryview(buf)
+    except TypeError:
+        raise TypeError(f"expected a bytes-like buffer, got {type(buf).__name__}") from None
+    if not view.contiguous:
+        raise ValueError("buffer must be contiguous")
+    if writable and view.readonly:
+        raise TypeError("out must be a writable buffer (bytearray, numpy array, mmap, ...)")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _threads(threads: int) -> int:
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    return min(int(threads), native.MAX_THREADS)

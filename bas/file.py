@@ -1,0 +1,171 @@
+"""file:// -- a regular file through pread/pwrite, optionally O_DIRECT, fdatasync to persist."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import numpy as np
+
+from bas import native
+from bas.device import Device, Requests
+from bas.errors import DeviceIOError, InvalidURLError, UnsupportedError
+from bas.registry import DeviceURL
+
+__all__ = ["FileDevice"]
+
+# O_DIRECT needs offsets, lengths and buffers aligned to the logical block size; 4096 covers
+# every common device (512e and 4Kn) without asking the kernel.
+DIRECT_ALIGN = 4096
+
+
+class FileDevice(Device):
+    """A file of fixed size.
+
+    URL: file:///path[?size=1G][&create=1][&direct=1][&bounce=1][&preallocate=1][&read_only=1]
+      size        grow or create the file to this size (never shrinks: a smaller size is an error)
+      create      create the file when missing (default: when size is given)
+      direct      O_DIRECT: bypass the page cache (EINVAL on file systems without it)
+      bounce      with direct: unaligned requests go through aligned bounce buffers (default 1);
+                  bounce=0 makes unaligned requests an AlignmentError instead
+      preallocate reserve blocks with posix_fallocate when creating or growing (default 1)
+    """
+
+    scheme = "file"
+    persistent = True
+
+    def __init__(self, path: str, *, size: int | None = None, create: bool | None = None,
+                 direct: bool = False, bounce: bool = True, preallocate: bool = True,
+                 read_only: bool = False, url: str | None = None):
+        super().__init__(url or f"file://{path}", read_only=read_only)
+        self.path = path
+        self.direct_io = direct
+        self.granularity = DIRECT_ALIGN if direct else 1
+        self.alignment = DIRECT_ALIGN if direct and not bounce else 1
+        self._rmw_lock = threading.Lock()
+        create = size is not None if create is None else create
+        exists = os.path.exists(path)
+        if not exists and not create:
+            raise FileNotFoundError(errno.ENOENT, f"{self.url}: no such file (give ?size= to "
+                                    f"create it)", path)
+        if not exists and size is None:
+            raise InvalidURLError(f"{self.url}: creating a file device needs ?size=")
+        if read_only and (not exists or size is not None):
+            raise InvalidURLError(f"{self.url}: read_only cannot create or resize a file")
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+        self._fd = os.open(path, flags | (0 if exists else os.O_CREAT), 0o644)
+        self._fd_direct = -1
+        try:
+            self._len = self._set_size(size, preallocate, created=not exists)
+            if direct:
+                self._fd_direct = _open_direct(path, flags, self.url)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        if not exists:
+            _fsync_dir(path)
+
+    @classmethod
+    def open_url(cls, url: DeviceURL) -> FileDevice:
+        if url.host not in ("", "localhost"):
+            raise InvalidURLError(f"{url.text}: file:// takes a local path (file:///path)")
+        if not url.path:
+            raise InvalidURLError(f"{url.text}: file:// needs a path")
+        options = dict(
+            size=url.take_size("size"),
+            create=url.take_bool("create") if "create" in url.params else None,
+            direct=url.take_bool("direct"),
+            bounce=url.take_bool("bounce", True),
+            preallocate=url.take_bool("preallocate", True),
+            read_only=url.take_bool("read_only"),
+        )
+        url.finish()
+        return cls(url.path, url=url.text, **options)
+
+    def _set_size(self, size: int | None, preallocate: bool, created: bool) -> int:
+        current = os.fstat(self._fd).st_size
+        if size is None:
+            return current
+        if size < current:
+            raise InvalidURLError(f"{self.url}: file holds {current} bytes, more than size={size}"
+                                  f" (a device never shrinks a file)")
+        if size > current:
+            if preallocate:
+                try:
+                    os.posix_fallocate(self._fd, current, size - current)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise DeviceIOError(exc.errno, f"{self.url}: preallocating {size} bytes "
+                                            f"failed: {exc.strerror}") from exc
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        return size
+
+    def _size(self) -> int:
+        return self._len
+
+    def _direct_limit(self) -> int:
+        # bytes past the last whole block go through the buffered fd: an aligned O_DIRECT
+        # write there would grow the file past the device's size
+        return self._len - self._len % DIRECT_ALIGN
+
+    def _io(self, gather: bool, offs, lens, uniform, total, buf, threads: int) -> None:
+        fn = native.fd_gather if gather else native.fd_scatter
+        fn(self._fd, self._fd_direct, DIRECT_ALIGN, self._direct_limit(), offs, lens, uniform,
+           total, buf, threads)
+
+    def _read_into(self, offset: int, view: memoryview) -> None:
+        self._io(True, np.array([offset], np.uint64), None, view.nbytes, view.nbytes, view, 1)
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        offs = np.array([offset], np.uint64)
+        if self._needs_rmw(offset % DIRECT_ALIGN or view.nbytes % DIRECT_ALIGN):
+            with self._rmw_lock:
+                self._io(False, offs, None, view.nbytes, view.nbytes, view, 1)
+        else:
+            self._io(False, offs, None, view.nbytes, view.nbytes, view, 1)
+
+    def _read_many(self, req: Requests, out: memoryview, threads: int) -> None:
+        self._io(True, req.offsets, req.lengths, req.uniform, req.total, out, threads)
+
+    def _write_many(self, req: Requests, data: memoryview, threads: int) -> None:
+        unaligned = bool(np.any(req.offsets % np.uint64(DIRECT_ALIGN))) or bool(
+            np.any(req.length_array() % np.uint64(DIRECT_ALIGN)))
+        if self._needs_rmw(unaligned):
+            # read-modify-write of shared blocks must not race: one thread, under the lock
+            with self._rmw_lock:
+                self._io(False, req.offsets, req.lengths, req.uniform, req.total, data, 1)
+        else:
+            self._io(False, req.offsets, req.lengths, req.uniform, req.total, data, threads)
+
+    def _needs_rmw(self, unaligned) -> bool:
+        return self._fd_direct >= 0 and bool(unaligned)
+
+    def _persist(self) -> None:
+        os.fdatasync(self._fd)
+
+    def _close(self) -> None:
+        if self._fd_direct >= 0:
+            os.close(self._fd_direct)
+        os.close(self._fd)
+
+
+def _open_direct(path: str, flags: int, url: str) -> int:
+    if not hasattr(os, "O_DIRECT"):
+        raise UnsupportedError(f"{url}: this platform has no O_DIRECT")
+    try:
+        return os.open(path, flags | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise UnsupportedError(f"{url}: the file system does not support O_DIRECT (tmpfs?); "
+                                   f"open without direct=1") from exc
+        raise
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

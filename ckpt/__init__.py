@@ -1,0 +1,1 @@
+"""ckpt: loading-optimized checkpoint store (issue C builds it)."""

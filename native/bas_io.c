@@ -1,0 +1,337 @@
+/* bas_io.c -- multi-threaded gather/scatter over mapped memory and file descriptors */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "bas_io.h"
+
+#define BAS_MAX_THREADS 256
+#define BAS_BOUNCE_BYTES (1u << 20)
+#define BAS_PREFETCH_AHEAD 8
+
+enum bas_kind { MEM_GATHER, MEM_SCATTER, FD_GATHER, FD_SCATTER };
+
+struct bas_job {
+	enum bas_kind kind;
+	uint8_t *base;
+	int fd_buffered;
+	int fd_direct;
+	uint64_t align;
+	uint64_t direct_limit;
+	const uint64_t *offsets;
+	const uint64_t *lengths;
+	uint64_t uniform_len;
+	uint8_t *buf;
+};
+
+struct bas_slice {
+	const struct bas_job *job;
+	uint64_t lo, hi;	/* request indexes [lo, hi) */
+	uint64_t pos;		/* where request lo starts in buf */
+	int rc;
+};
+
+/* piece_len -- length of request i */
+static inline uint64_t
+piece_len(const struct bas_job *job, uint64_t i)
+{
+	return job->uniform_len ? job->uniform_len : job->lengths[i];
+}
+
+/* full_pread -- read exactly len bytes or fail; EOF before len is EIO */
+static int
+full_pread(int fd, uint8_t *buf, uint64_t len, uint64_t off)
+{
+	while (len > 0) {
+		ssize_t got = pread(fd, buf, len, (off_t)off);
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (got == 0)
+			return -EIO;
+		buf += got;
+		off += (uint64_t)got;
+		len -= (uint64_t)got;
+	}
+	return 0;
+}
+
+/* full_pwrite -- write exactly len bytes or fail */
+static int
+full_pwrite(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
+{
+	while (len > 0) {
+		ssize_t put = pwrite(fd, buf, len, (off_t)off);
+		if (put < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (put == 0)
+			return -EIO;
+		buf += put;
+		off += (uint64_t)put;
+		len -= (uint64_t)put;
+	}
+	return 0;
+}
+
+/* partial_pread -- read up to len bytes of an aligned block; the part past EOF is zeroed */
+static int
+partial_pread(int fd, uint8_t *buf, uint64_t len, uint64_t off)
+{
+	uint64_t done = 0;
+	while (done < len) {
+		ssize_t got = pread(fd, buf + done, len - done, (off_t)(off + done));
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (got == 0)
+			break;
+		done += (uint64_t)got;
+	}
+	memset(buf + done, 0, len - done);
+	return 0;
+}
+
+static inline int
+is_aligned(uint64_t v, uint64_t align)
+{
+	return (v & (align - 1)) == 0;
+}
+
+/* direct_read -- read [off, off+len) below direct_limit through the O_DIRECT fd */
+static int
+direct_read(const struct bas_job *job, uint8_t *bounce, uint8_t *dst, uint64_t off,
+		uint64_t len)
+{
+	uint64_t a = job->align;
+	if (is_aligned(off, a) && is_aligned(len, a) && is_aligned((uintptr_t)dst, a))
+		return full_pread(job->fd_direct, dst, len, off);
+	uint64_t end = off + len;
+	while (off < end) {
+		uint64_t a0 = off & ~(a - 1);
+		uint64_t a1 = (end + a - 1) & ~(a - 1);
+		if (a1 - a0 > BAS_BOUNCE_BYTES)
+			a1 = a0 + BAS_BOUNCE_BYTES;
+		int rc = full_pread(job->fd_direct, bounce, a1 - a0, a0);
+		if (rc)
+			return rc;
+		uint64_t stop = end < a1 ? end : a1;
+		memcpy(dst, bounce + (off - a0), stop - off);
+		dst += stop - off;
+		off = stop;
+	}
+	return 0;
+}
+
+/* direct_write -- write [off, off+len) below direct_limit; unaligned edges are read-modify-write */
+static int
+direct_write(const struct bas_job *job, uint8_t *bounce, const uint8_t *src, uint64_t off,
+		uint64_t len)
+{
+	uint64_t a = job->align;
+	if (is_aligned(off, a) && is_aligned(len, a) && is_aligned((uintptr_t)src, a))
+		return full_pwrite(job->fd_direct, src, len, off);
+	uint64_t end = off + len;
+	while (off < end) {
+		uint64_t a0 = off & ~(a - 1);
+		uint64_t a1 = (end + a - 1) & ~(a - 1);
+		if (a1 - a0 > BAS_BOUNCE_BYTES)
+			a1 = a0 + BAS_BOUNCE_BYTES;
+		uint64_t stop = end < a1 ? end : a1;
+		int rc;
+		if (off > a0 && (rc = partial_pread(job->fd_direct, bounce, a, a0)))
+			return rc;
+		if (stop < a1 && (rc = partial_pread(job->fd_direct, bounce + (a1 - a0) - a, a,
+						a1 - a)))
+			return rc;
+		memcpy(bounce + (off - a0), src, stop - off);
+		if ((rc = full_pwrite(job->fd_direct, bounce, a1 - a0, a0)))
+			return rc;
+		src += stop - off;
+		off = stop;
+	}
+	return 0;
+}
+
+/* fd_piece -- move one request, splitting it at direct_limit */
+static int
+fd_piece(const struct bas_job *job, uint8_t *bounce, uint8_t *buf, uint64_t off, uint64_t len)
+{
+	uint64_t head = 0;
+	int rc = 0;
+	if (job->fd_direct >= 0 && off < job->direct_limit) {
+		head = job->direct_limit - off;
+		if (head > len)
+			head = len;
+		rc = job->kind == FD_GATHER ? direct_read(job, bounce, buf, off, head)
+					    : direct_write(job, bounce, buf, off, head);
+		if (rc)
+			return rc;
+	}
+	if (head == len)
+		return 0;
+	return job->kind == FD_GATHER
+		? full_pread(job->fd_buffered, buf + head, len - head, off + head)
+		: full_pwrite(job->fd_buffered, buf + head, len - head, off + head);
+}
+
+/* run_slice -- worker body: move requests [lo, hi) */
+static void *
+run_slice(void *arg)
+{
+	struct bas_slice *s = arg;
+	const struct bas_job *job = s->job;
+	uint8_t *bounce = NULL;
+	uint64_t pos = s->pos;
+	s->rc = 0;
+
+	if ((job->kind == FD_GATHER || job->kind == FD_SCATTER) && job->fd_direct >= 0) {
+		if (posix_memalign((void **)&bounce, job->align, BAS_BOUNCE_BYTES)) {
+			s->rc = -ENOMEM;
+			return NULL;
+		}
+	}
+	for (uint64_t i = s->lo; i < s->hi; i++) {
+		uint64_t len = piece_len(job, i);
+		uint64_t off = job->offsets[i];
+		switch (job->kind) {
+		case MEM_GATHER:
+			if (i + BAS_PREFETCH_AHEAD < s->hi)
+				__builtin_prefetch(job->base + job->offsets[i + BAS_PREFETCH_AHEAD]);
+			memcpy(job->buf + pos, job->base + off, len);
+			break;
+		case MEM_SCATTER:
+			memcpy(job->base + off, job->buf + pos, len);
+			break;
+		default:
+			s->rc = fd_piece(job, bounce, job->buf + pos, off, len);
+			if (s->rc)
+				goto out;
+		}
+		pos += len;
+	}
+out:
+	free(bounce);
+	return NULL;
+}
+
+/* run_job -- split the requests into byte-balanced slices and run them on threads */
+static int
+run_job(const struct bas_job *job, uint64_t n, int threads)
+{
+	if (threads < 1)
+		threads = 1;
+	if (threads > BAS_MAX_THREADS)
+		threads = BAS_MAX_THREADS;
+	if ((uint64_t)threads > n)
+		threads = n ? (int)n : 1;
+
+	uint64_t total = 0;
+	if (job->uniform_len)
+		total = job->uniform_len * n;
+	else
+		for (uint64_t i = 0; i < n; i++)
+			total += job->lengths[i];
+
+	struct bas_slice slices[BAS_MAX_THREADS];
+	pthread_t tids[BAS_MAX_THREADS];
+	uint64_t i = 0, pos = 0;
+	for (int t = 0; t < threads; t++) {
+		/* slice t ends where the bytes moved reach total * (t + 1) / threads */
+		uint64_t goal = (uint64_t)((__uint128_t)total * (uint64_t)(t + 1) / (uint64_t)threads);
+		slices[t].job = job;
+		slices[t].lo = i;
+		slices[t].pos = pos;
+		while (i < n && (pos < goal || t == threads - 1)) {
+			pos += piece_len(job, i);
+			i++;
+		}
+		slices[t].hi = i;
+	}
+
+	int rc = 0;
+	for (int t = 1; t < threads; t++) {
+		if (pthread_create(&tids[t], NULL, run_slice, &slices[t])) {
+			/* no thread to spare: run this slice here */
+			run_slice(&slices[t]);
+			tids[t] = 0;
+		}
+	}
+	run_slice(&slices[0]);
+	for (int t = 1; t < threads; t++)
+		if (tids[t])
+			pthread_join(tids[t], NULL);
+	for (int t = 0; t < threads; t++)
+		if (slices[t].rc && !rc)
+			rc = slices[t].rc;
+	return rc;
+}
+
+int
+bas_mem_gather(const uint8_t *base, const uint64_t *offsets, const uint64_t *lengths,
+		uint64_t uniform_len, uint64_t n, uint8_t *out, int threads)
+{
+	struct bas_job job = { MEM_GATHER, (uint8_t *)base, -1, -1, 1, 0, offsets, lengths,
+		uniform_len, out };
+	return run_job(&job, n, threads);
+}
+
+int
+bas_mem_scatter(uint8_t *base, const uint64_t *offsets, const uint64_t *lengths,
+		uint64_t uniform_len, uint64_t n, const uint8_t *src, int threads)
+{
+	struct bas_job job = { MEM_SCATTER, base, -1, -1, 1, 0, offsets, lengths, uniform_len,
+		(uint8_t *)src };
+	return run_job(&job, n, threads);
+}
+
+int
+bas_fd_gather(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_limit,
+		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
+		uint64_t n, uint8_t *out, int threads)
+{
+	struct bas_job job = { FD_GATHER, NULL, fd_buffered, fd_direct, align, direct_limit,
+		offsets, lengths, uniform_len, out };
+	return run_job(&job, n, threads);
+}
+
+int
+bas_fd_scatter(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_limit,
+		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
+		uint64_t n, const uint8_t *src, int threads)
+{
+	struct bas_job job = { FD_SCATTER, NULL, fd_buffered, fd_direct, align, direct_limit,
+		offsets, lengths, uniform_len, (uint8_t *)src };
+	return run_job(&job, n, threads);
+}
+
+int
+bas_max_threads(void)
+{
+	return BAS_MAX_THREADS;
+}
+
+uint32_t
+bas_crc32(uint32_t crc, const uint8_t *buf, uint64_t len)
+{
+	/* zlib takes uInt lengths: feed it 1 GiB at a time */
+	while (len > 0) {
+		uInt step = len > (1u << 30) ? (1u << 30) : (uInt)len;
+		crc = (uint32_t)crc32((uLong)crc, buf, step);
+		buf += step;
+		len -= step;
+	}
+	return crc;
+}

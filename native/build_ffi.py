@@ -1,0 +1,60 @@
+"""cffi builders for the native kernels (out-of-line API mode).
+
+`ffibuilder` is the core extension `bas._bas_native` (I/O gather/scatter, checksums and the
+kernels later issues add); `pmem_ffibuilder` is `bas._bas_pmem`, linked against PMDK's
+libpmemobj and kept separate so that the rest of bas works where PMDK is not installed.
+Build switches are environment variables read here and nowhere else:
+  BAS_NO_PMEM=1   skip the libpmemobj extension
+  BAS_CFLAGS      extra compiler flags (default -O3 -march=x86-64-v2 where x86)
+"""
+
+import os
+import pathlib
+import platform
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+CORE_SOURCES = ["bas_io.c"]
+CORE_HEADERS = ["bas_io.h"]
+
+
+def _cflags() -> list[str]:
+    extra = os.environ.get("BAS_CFLAGS")
+    if extra is not None:
+        return extra.split()
+    flags = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-march=x86-64-v2")
+    return flags
+
+
+def _cdef(headers: list[str]) -> str:
+    return "\n".join((HERE / h).read_text() for h in headers)
+
+
+def _builder(module: str, headers: list[str], sources: list[str], libraries: list[str]) -> FFI:
+    ffi = FFI()
+    ffi.cdef(_cdef(headers))
+    includes = "".join(f'#include "{h}"\n' for h in headers)
+    ffi.set_source(
+        module,
+        "#include <stdint.h>\n" + includes,
+        sources=[os.path.relpath(HERE / s) for s in sources],
+        include_dirs=[os.path.relpath(HERE)],
+        libraries=libraries,
+        extra_compile_args=_cflags(),
+        extra_link_args=["-pthread"],
+    )
+    return ffi
+
+
+ffibuilder = _builder("bas._bas_native", CORE_HEADERS, CORE_SOURCES, ["z", "pthread"])
+
+PMEM_ENABLED = os.environ.get("BAS_NO_PMEM", "") not in ("1", "true", "yes")
+pmem_ffibuilder = _builder("bas._bas_pmem", ["bas_pmem.h"], ["bas_pmem.c"], ["pmemobj", "pmem"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=str(HERE.parent), verbose=True)
+    if PMEM_ENABLED:
+        pmem_ffibuilder.compile(tmpdir=str(HERE.parent), verbose=True)

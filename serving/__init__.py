@@ -1,0 +1,1 @@
+"""serving: serverless LLM serving layer (a later issue builds it)."""
