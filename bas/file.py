@@ -62,6 +62,8 @@ class FileDevice(Device):
                 self._fd_direct = _open_direct(path, flags, self.url)
         except BaseException:
             os.close(self._fd)
+            if not exists:  # leave no half-made file behind
+                os.unlink(path)
             raise
         if not exists:
             _fsync_dir(path)

@@ -40,7 +40,7 @@ def parse_size(text: str | int) -> int:
     if not match:
         raise InvalidURLError(f"not a size: {text!r} (use e.g. 4096, 64K, 1G)")
     number, unit, _ = match.groups()
-    return int(number) * 1024 ** "kmgtp".find(unit.lower()) if unit else int(number)
+    return int(number) * 1024 ** ("kmgtp".find(unit.lower()) + 1) if unit else int(number)
 
 
 @dataclass

@@ -1,0 +1,34 @@
+"""Random write / write_many / persist / crash / read sequences against a bytearray model."""
+
+import shutil
+import tempfile
+
+import pytest
+
+from bas import open_device
+from bas.fault import FaultDevice
+from bas.testing.stateful import DeviceMachine
+from bas.testing.strategies import available_kinds, device_url
+
+
+def _machine_for(kind: str):
+    class Machine(DeviceMachine):
+        def make_device(self):
+            self._dir = tempfile.mkdtemp(prefix="bas-stateful-")
+            return FaultDevice(open_device(device_url(kind, self._dir, 64 << 10)), seed=3)
+
+        def teardown(self):
+            super().teardown()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    Machine.__name__ = f"Machine_{kind.replace('-', '_')}"
+    return Machine
+
+
+@pytest.mark.parametrize("kind", available_kinds())
+def test_device_matches_model(kind):
+    from hypothesis import settings
+
+    machine = _machine_for(kind)
+    machine.TestCase.settings = settings(settings(), stateful_step_count=25)
+    machine.TestCase("runTest").runTest()
