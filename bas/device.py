@@ -24,7 +24,7 @@ before that may lose or tear it. Non-persistent devices (DRAM) accept persist() 
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +94,15 @@ class Device:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def clock(self) -> float | None:
+        """Virtual seconds spent so far by an emulated device's cost model; None on real time."""
+        return None
+
+    def overlap(self):
+        """Context in which concurrent reads and writes count as overlapping (emulation only)."""
+        return nullcontext(self)
 
     def read_into(self, offset: int, out) -> int:
         """Fill the writable buffer `out` with the bytes at [offset, offset + len(out)).
@@ -168,6 +177,15 @@ class Device:
             if req.total:
                 self._write_many(req, view, _threads(threads))
 
+    def drop_caches(self) -> None:
+        """Drop this device's data from operating-system caches, for cold measurements.
+
+        Persists nothing: call persist() first when unpersisted writes matter. A no-op on
+        devices without such a cache (DRAM, O_DIRECT files, emulators without one).
+        """
+        with self._op("drop_caches", 0, 0):
+            self._drop_caches()
+
     def close(self) -> None:
         """Release the device after calls in flight finish. A second close() raises."""
         with self._state:
@@ -219,6 +237,9 @@ class Device:
 
     def _close(self) -> None:
         raise NotImplementedError
+
+    def _drop_caches(self) -> None:
+        """Nothing cached by default."""
 
     # -- checks shared by the public methods -------------------------------------------
 

@@ -67,6 +67,9 @@ class WrapperDevice(Device):
     def _close(self) -> None:
         self.inner.close()
 
+    def _drop_caches(self) -> None:
+        self.inner.drop_caches()
+
 
 def _lengths(req: Requests):
     return req.uniform if req.lengths is None else req.lengths

@@ -39,8 +39,8 @@ def _prepare(dev) -> None:
 
 
 def _make_cold(dev, ctx: Context) -> None:
-    if ctx.cold and getattr(dev, "path", None):
-        evict(dev.path)
+    if ctx.cold:
+        dev.drop_caches()
 
 
 def _record(name: str, dev, ctx: Context, t: Timer, read: int = 0, written: int = 0, **extra):

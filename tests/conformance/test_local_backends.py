@@ -32,6 +32,12 @@ class TestFile(DeviceConformance):
         return open_device(f"file://{tmp_path}/dev.bin?read_only=1{self.options}")
 
 
+class TestFilePreadOnly(TestFile):
+    """Every gather through pread, none through the read mapping."""
+
+    options = "&map=0"
+
+
 class TestFileDirect(TestFile):
     options = "&direct=1"
 
