@@ -191,3 +191,214 @@ def _check_fd_args(fd: int, fd_direct: int, align: int) -> None:
         raise ValueError(f"O_DIRECT alignment must be a power of two, got {align}")
     if fd_direct < -1:
         raise OSError(errno.EBADF, "bad O_DIRECT file descriptor")
+
+
+# ---------------------------------------------------------------------------------------------
+# gensort / valsort kernels (native/bas_gensort.h). Record numbers and checksums are 128-bit;
+# C takes them as (hi, lo) halves, these wrappers take and return Python ints. Parts travel as
+# dicts with the fields of bas.sort.valsort.Summary.
+
+__all__ += ["GENSORT_RECORD", "gensort_generate", "valsort_combine", "valsort_scan"]
+
+GENSORT_RECORD: int = lib.bas_gensort_record_size()
+_U64 = (1 << 64) - 1
+_PART_COUNTS = ("records", "duplicates", "unordered")
+
+
+def _whole_records(nbytes: int, what: str) -> int:
+    if nbytes % GENSORT_RECORD:
+        raise ValueError(f"{what} holds {nbytes} bytes, not a whole number of "
+                         f"{GENSORT_RECORD}-byte records")
+    return nbytes // GENSORT_RECORD
+
+
+def gensort_generate(buf, start: int, ascii: bool = False, skew: bool = False, threads: int = 1,
+                     checksum: bool = True) -> int | None:
+    """Fill buf with records start, start + 1, ...; return their checksum if asked for.
+
+    buf must be writable and hold a whole number of records; record numbers stop below 2**128.
+    """
+    if not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"start must be a non-negative int, got {start!r}")
+    start = int(start)
+    threads = _check_threads(threads)
+    hi = ffi.new("uint64_t *") if checksum else ffi.NULL
+    lo = ffi.new("uint64_t *") if checksum else ffi.NULL
+    with ffi.from_buffer(buf, require_writable=True) as p:
+        n = _whole_records(len(p), "buffer")
+        if start + n > 1 << 128:
+            raise ValueError(f"records [{start}, {start + n}) pass the last record number 2**128-1")
+        if n == 0:
+            return 0 if checksum else None  # start may be 2**128 here, past what C takes
+        rc = lib.bas_gensort_generate(p, start >> 64, start & _U64, n, bool(ascii), bool(skew),
+                                      threads, hi, lo)
+    if rc:
+        _raise_errno(rc, "gensort")
+    return (hi[0] << 64 | lo[0]) if checksum else None
+
+
+def _part_to_dict(c) -> dict:
+    return {
+        "records": int(c.records),
+        "checksum": int(c.checksum_hi) << 64 | int(c.checksum_lo),
+        "duplicates": int(c.duplicates),
+        "unordered": int(c.unordered),
+        "first_unordered": int(c.first_unordered) if c.unordered else None,
+        "first_record": bytes(ffi.buffer(c.first)),
+        "last_record": bytes(ffi.buffer(c.last)),
+    }
+
+
+def _part_from_dict(d: dict):
+    c = ffi.new("struct bas_valsort_part *")
+    for name in _PART_COUNTS:
+        value = d[name]
+        if not 0 <= value <= _U64:
+            raise ValueError(f"{name} {value} does not fit 64 bits")
+        setattr(c, name, value)
+    first_unordered = d["first_unordered"] or 0
+    checksum = d["checksum"]
+    if not 0 <= first_unordered <= _U64 or not 0 <= checksum < 1 << 128:
+        raise ValueError("first_unordered or checksum out of range")
+    c.first_unordered = first_unordered
+    c.checksum_hi, c.checksum_lo = checksum >> 64, checksum & _U64
+    for name, field in (("first_record", c.first), ("last_record", c.last)):
+        if len(d[name]) != GENSORT_RECORD:
+            raise ValueError(f"{name} must be {GENSORT_RECORD} bytes, got {len(d[name])}")
+        ffi.memmove(field, d[name], GENSORT_RECORD)
+    return c
+
+
+def valsort_scan(buf, threads: int = 1) -> dict:
+    """Validate the records in buf (a whole number of them) as one run; see valsort_combine."""
+    threads = _check_threads(threads)
+    out = ffi.new("struct bas_valsort_part *")
+    with ffi.from_buffer(buf) as p:
+        n = _whole_records(len(p), "buffer")
+        rc = lib.bas_valsort_scan(p, n, threads, out)
+    if rc:
+        _raise_errno(rc, "valsort")
+    return _part_to_dict(out)
+
+
+def valsort_combine(acc: dict, nxt: dict) -> dict:
+    """The part made of run acc directly followed by run nxt."""
+    c = _part_from_dict(acc)
+    rc = lib.bas_valsort_combine(c, _part_from_dict(nxt))
+    if rc:
+        _raise_errno(rc, "valsort combine")
+    return _part_to_dict(c)
+
+
+# -- sort kernels (bas_sort.h) ---------------------------------------------------------------
+
+INDEX_BYTES: int = lib.bas_index_bytes()
+MAX_ENTRY_SIZE = 512
+
+
+def _buffer_len(buf) -> int:
+    return memoryview(buf).nbytes
+
+
+def entry_size(key_size: int) -> int:
+    """Bytes of one (key, record index) entry."""
+    if not 1 <= key_size <= MAX_ENTRY_SIZE - INDEX_BYTES:
+        raise ValueError(f"key_size must be 1..{MAX_ENTRY_SIZE - INDEX_BYTES}, got {key_size}")
+    return key_size + INDEX_BYTES
+
+
+def extract_entries(records, n: int, record_size: int, key_offset: int, key_size: int,
+                    first_index: int, entries, threads: int = 1) -> None:
+    """Build n entries (key bytes + big-endian index) from n back-to-back records."""
+    es = entry_size(key_size)
+    if record_size < 1 or key_offset < 0 or key_offset + key_size > record_size:
+        raise ValueError(f"key [{key_offset}, {key_offset + key_size}) does not fit a "
+                         f"{record_size}-byte record")
+    if n < 0 or first_index < 0 or first_index + n > 1 << (8 * INDEX_BYTES):
+        raise ValueError(f"record indexes must stay below 2^{8 * INDEX_BYTES}")
+    _check_fit(_buffer_len(records), n * record_size, "records")
+    _check_fit(_buffer_len(entries), n * es, "entries")
+    with ffi.from_buffer(records) as r, ffi.from_buffer(entries, require_writable=True) as e:
+        rc = lib.bas_extract_entries(r, n, record_size, key_offset, key_size, first_index, e,
+                                     _check_threads(threads))
+    if rc:
+        _raise_errno(rc, "extract entries")
+
+
+def entries_from_keys(keys, n: int, key_size: int, first_index: int, entries,
+                      threads: int = 1) -> None:
+    """Build n entries from n packed keys."""
+    extract_entries(keys, n, key_size, 0, key_size, first_index, entries, threads)
+
+
+def sort_entries(entries, n: int, key_size: int, tmp, threads: int = 1) -> None:
+    """Radix-sort n entries in place (memcmp order of key then index); tmp: same size."""
+    es = entry_size(key_size)
+    _check_fit(_buffer_len(entries), n * es, "entries")
+    _check_fit(_buffer_len(tmp), n * es, "tmp")
+    with ffi.from_buffer(entries, require_writable=True) as e, \
+            ffi.from_buffer(tmp, require_writable=True) as t:
+        rc = lib.bas_sort_entries(e, n, es, t, _check_threads(threads))
+    if rc:
+        _raise_errno(rc, "sort entries")
+
+
+def entry_offsets(entries, n: int, key_size: int, record_size: int, base: int = 0) -> np.ndarray:
+    """The byte offsets (index * record_size + base) of n entries' records, as uint64."""
+    es = entry_size(key_size)
+    _check_fit(_buffer_len(entries), n * es, "entries")
+    out = np.empty(n, dtype=np.uint64)
+    with ffi.from_buffer(entries) as e:
+        lib.bas_entry_offsets(e, n, es, record_size, base, ffi.from_buffer("uint64_t[]", out))
+    return out
+
+
+class Merger:
+    """k-way loser-tree merge over per-run buffers that the caller refills.
+
+    set_run(r, buf, count, exhausted) gives run r a buffer of count items; merge(out) fills out
+    and returns (items written, run to refill or None). Items compare by memcmp of
+    [cmp_offset, cmp_offset + cmp_len), ties by run number.
+    """
+
+    def __init__(self, k: int, item_size: int, cmp_offset: int, cmp_len: int):
+        if k < 1 or item_size < 1 or cmp_offset < 0 or cmp_offset + cmp_len > item_size:
+            raise ValueError(f"bad merge shape k={k} item={item_size} "
+                             f"cmp=[{cmp_offset}, {cmp_offset + cmp_len})")
+        self.k, self.item = k, item_size
+        self.cmp_offset, self.cmp_len = cmp_offset, cmp_len
+        self._bufs = [np.empty(0, np.uint8)] * k
+        self._counts = np.zeros(k, np.uint64)
+        self.pos = np.zeros(k, np.uint64)
+        self._exhausted = np.ones(k, np.uint8)
+
+    def set_run(self, r: int, buf: np.ndarray, count: int, exhausted: bool) -> None:
+        if not 0 <= r < self.k:
+            raise ValueError(f"run {r} out of range")
+        if buf.dtype != np.uint8 or not buf.flags.c_contiguous or buf.size < count * self.item:
+            raise ValueError("run buffer must be a contiguous uint8 array of count items")
+        self._bufs[r] = buf
+        self._counts[r] = count
+        self.pos[r] = 0
+        self._exhausted[r] = 1 if exhausted else 0
+
+    def merge(self, out: np.ndarray) -> tuple[int, int | None]:
+        cap = out.size // self.item
+        if out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError("out must be a contiguous uint8 array")
+        handles = [ffi.from_buffer(b) for b in self._bufs]
+        try:
+            ptrs = ffi.new("const uint8_t *[]", handles)
+            out_n = ffi.new("uint64_t *")
+            refill = ffi.new("int *")
+            rc = lib.bas_merge(self.k, ptrs, ffi.from_buffer("uint64_t[]", self._counts),
+                               ffi.from_buffer("uint64_t[]", self.pos),
+                               ffi.from_buffer("uint8_t[]", self._exhausted), self.item,
+                               self.cmp_offset, self.cmp_len,
+                               ffi.from_buffer(out, require_writable=True), cap, out_n, refill)
+        finally:
+            for h in handles:
+                ffi.release(h)
+        if rc:
+            _raise_errno(rc, "merge")
+        return int(out_n[0]), (None if refill[0] < 0 else int(refill[0]))

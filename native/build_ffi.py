@@ -15,8 +15,8 @@ import platform
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-CORE_SOURCES = ["bas_io.c"]
-CORE_HEADERS = ["bas_io.h"]
+CORE_SOURCES = ["bas_io.c", "bas_gensort.c", "bas_sort.c"]
+CORE_HEADERS = ["bas_io.h", "bas_gensort.h", "bas_sort.h"]
 
 
 def _cflags() -> list[str]:

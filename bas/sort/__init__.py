@@ -1,0 +1,1 @@
+"""Sorting: the sort-benchmark record tools (gensort, valsort) and, later, the sort engine."""
