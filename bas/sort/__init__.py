@@ -1,1 +1,7 @@
-"""Sorting: the sort-benchmark record tools (gensort, valsort) and, later, the sort engine."""
+"""Sorting: the sort engine (WiscSort) and the sort-benchmark record tools (gensort, valsort)."""
+
+from bas.sort.engine import SCHEDULES, sort
+from bas.sort.plan import ALGORITHMS
+from bas.sort.report import Phase, SortReport
+
+__all__ = ["ALGORITHMS", "SCHEDULES", "Phase", "SortReport", "sort"]

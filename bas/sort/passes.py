@@ -1,0 +1,287 @@
+"""The sort's passes: read keys, sort entries, form and merge runs, gather and write records.
+
+Every pass is a sequence of phases of one I/O kind (staged); "piped" overlaps a reader or
+gatherer with a writer thread through a two-slot queue, and "rsw" gives each thread whole
+chunks to read, sort and write by itself (the paper's comparison schedules).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bas import native
+from bas.device import Device
+from bas.sort.plan import Plan
+from bas.sort.report import Tracker
+
+__all__ = ["Job", "run_algorithm"]
+
+#: bytes per sequential read or write request (large enough for full device bandwidth)
+IO_PIECE = 1 << 20
+#: keys per batch when gathering keys from a byte-addressable input
+KEY_BATCH = 1 << 20
+#: bytes each run gets for its read buffer while merging
+RUN_BUFFER = 1 << 20
+
+
+@dataclass
+class Job:
+    src: Device
+    dst: Device
+    n: int
+    record_size: int
+    key_size: int
+    key_offset: int
+    plan: Plan
+    schedule: str
+    track: Tracker
+    make_scratch: Callable
+    progress: Callable | None = None
+    _cleanups: list = field(default_factory=list)
+
+    @property
+    def entry_size(self) -> int:
+        return self.key_size + native.INDEX_BYTES
+
+    def buffer(self, nbytes: int) -> np.ndarray:
+        self.track.hold(nbytes)
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def free(self, buf: np.ndarray) -> None:
+        self.track.release(buf.nbytes)
+
+    def tick(self, name: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(name, done, total)
+
+    def scratch(self, size: int) -> Device:
+        device, cleanup = self.make_scratch(size)
+        self._cleanups.append((device, cleanup))
+        self.track.add_device(device)
+        return device
+
+    def drop_scratch(self, device: Device) -> None:
+        for i, (dev, cleanup) in enumerate(self._cleanups):
+            if dev is device:
+                del self._cleanups[i]
+                if not dev.closed:
+                    dev.close()
+                if cleanup:
+                    cleanup()
+                return
+
+    def cleanup(self) -> None:
+        while self._cleanups:
+            self.drop_scratch(self._cleanups[-1][0])
+
+
+def run_algorithm(job: Job) -> None:
+    try:
+        if job.n == 0:
+            return
+        {"kv": _kv, "kv-external": _kv_external, "mergesort": _mergesort}[job.plan.algorithm](job)
+    finally:
+        job.cleanup()
+
+
+# -- sequential I/O helpers --------------------------------------------------------------
+
+def _seq_read(job: Job, dev: Device, offset: int, out: np.ndarray, threads: int) -> None:
+    pieces = np.arange(offset, offset + out.nbytes, IO_PIECE, dtype=np.uint64)
+    lengths = np.minimum(IO_PIECE, offset + out.nbytes - pieces)
+    dev.read_many(pieces, lengths, out, threads=threads)
+    job.track.read(dev, out.nbytes)
+
+
+def _seq_write(job: Job, dev: Device, offset: int, data: np.ndarray, threads: int) -> None:
+    pieces = np.arange(offset, offset + data.nbytes, IO_PIECE, dtype=np.uint64)
+    lengths = np.minimum(IO_PIECE, offset + data.nbytes - pieces)
+    dev.write_many(pieces, lengths, data, threads=threads)
+    job.track.wrote(dev, data.nbytes)
+
+
+# -- entries -----------------------------------------------------------------------------
+
+def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads: int) -> None:
+    """Entries for records [start, start + count): strided key reads where bytes are cheap
+    to address (BRAID's B), whole records read sequentially elsewhere."""
+    R, K = job.record_size, job.key_size
+    if job.src.byte_addressable:
+        keys = job.buffer(min(count, KEY_BATCH) * K)
+        for i in range(0, count, KEY_BATCH):
+            m = min(KEY_BATCH, count - i)
+            offsets = (np.arange(start + i, start + i + m, dtype=np.uint64) * np.uint64(R)
+                       + np.uint64(job.key_offset))
+            job.src.read_many(offsets, K, keys[:m * K], threads=threads)
+            job.track.read(job.src, m * K)
+            native.entries_from_keys(keys, m, K, start + i,
+                                     entries[i * job.entry_size:], threads)
+        job.free(keys)
+        return
+    chunk = max(1, min(count, (16 << 20) // R))
+    records = job.buffer(chunk * R)
+    for i in range(0, count, chunk):
+        m = min(chunk, count - i)
+        _seq_read(job, job.src, (start + i) * R, records[:m * R], threads)
+        native.extract_entries(records, m, R, job.key_offset, K, start + i,
+                               entries[i * job.entry_size:], threads)
+    job.free(records)
+
+
+def _sort_entries(job: Job, entries: np.ndarray, count: int, threads: int) -> None:
+    tmp = job.buffer(count * job.entry_size)
+    native.sort_entries(entries, count, job.key_size, tmp, threads)
+    job.free(tmp)
+
+
+# -- gathering records in entry order and writing them out ------------------------------
+
+def _gather(job: Job, entries: np.ndarray, count: int, out: np.ndarray) -> None:
+    offsets = native.entry_offsets(entries, count, job.key_size, job.record_size)
+    R = job.record_size
+    if job.src.byte_addressable:
+        job.src.read_many(offsets, R, out[:count * R], threads=job.plan.read_threads)
+    else:
+        # block devices: read each batch in address order, then place records in memory
+        order = np.argsort(offsets, kind="stable")
+        staging = job.buffer(count * R)
+        job.src.read_many(offsets[order], R, staging, threads=job.plan.read_threads)
+        native.mem_scatter(out, out.nbytes, order.astype(np.uint64) * np.uint64(R), None, R,
+                           count * R, staging, job.plan.sort_threads)
+        job.free(staging)
+    job.track.read(job.src, count * R)
+
+
+class SeqWriter:
+    """Writes buffers back to back on a device: inline (staged) or on a thread (piped).
+
+    Piped: write() hands the buffer over and returns once the previous write has finished,
+    so a producer alternating two buffers never refills one that is still being written.
+    after(buffer) runs once a buffer is written (e.g. to free it).
+    """
+
+    def __init__(self, job: Job, piped: bool, device: Device | None = None,
+                 phase: str = "write-output", after=None):
+        self.job, self.pos = job, 0
+        self.device = job.dst if device is None else device
+        self.phase, self.after = phase, after
+        self._queue: queue.Queue | None = queue.Queue() if piped else None
+        self._error: BaseException | None = None
+        self._thread = None
+        if piped:
+            self._thread = threading.Thread(target=self._drain, daemon=True)
+            self._thread.start()
+
+    def write(self, data: np.ndarray) -> None:
+        offset, self.pos = self.pos, self.pos + data.nbytes
+        if self._queue is None:
+            self._write(offset, data)
+            return
+        self._queue.join()
+        self._check()
+        self._queue.put((offset, data))
+
+    def _write(self, offset: int, data: np.ndarray) -> None:
+        job = self.job
+        with job.track.phase(self.phase, "write", job.plan.write_threads, data.nbytes):
+            _seq_write(job, self.device, offset, data, job.plan.write_threads)
+        if self.after is not None:
+            self.after(data)
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(*item)
+            except BaseException as exc:  # handed to the producer in _check
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._check()
+
+
+def _emit_sorted_entries(job: Job, writer: SeqWriter, entries: np.ndarray, count: int,
+                         buffers: deque) -> None:
+    """Gather the records of `count` sorted entries in batches and hand them to the writer.
+
+    buffers rotate across calls, so a piped writer never has its buffer refilled under it.
+    """
+    G, E, R = job.plan.gather_records, job.entry_size, job.record_size
+    for i in range(0, count, G):
+        m = min(G, count - i)
+        out = buffers[0]
+        buffers.rotate(1)
+        with job.track.phase("gather", "read", job.plan.read_threads, m * R):
+            _gather(job, entries[i * E:(i + m) * E], m, out)
+        writer.write(out[:m * R])
+
+
+# -- the algorithms ----------------------------------------------------------------------
+
+def _kv(job: Job) -> None:
+    """Key index in memory: read keys, sort entries, gather and write each record once."""
+    n, E = job.n, job.entry_size
+    entries = job.buffer(n * E)
+    with job.track.phase("read-keys", "read", job.plan.read_threads):
+        _read_entries(job, 0, n, entries, job.plan.read_threads)
+    job.tick("read-keys", n, n)
+    with job.track.phase("sort", "cpu", job.plan.sort_threads, n * E):
+        _sort_entries(job, entries, n, job.plan.sort_threads)
+    _write_from_entries(job, entries, n)
+    job.free(entries)
+
+
+def _write_from_entries(job: Job, entries: np.ndarray, n: int) -> None:
+    piped = job.schedule != "staged"
+    buffers = deque(job.buffer(job.plan.gather_records * job.record_size)
+                    for _ in range(2 if piped else 1))
+    writer = SeqWriter(job, piped)
+    try:
+        _emit_sorted_entries(job, writer, entries, n, buffers)
+    finally:
+        writer.close()
+    for b in buffers:
+        job.free(b)
+    job.tick("write-output", n, n)
+
+
+def _kv_external(job: Job) -> None:
+    """Runs of sorted entries (never values), merged with a loser tree, records gathered."""
+    from bas.sort.runs import form_entry_runs, merge_entry_runs
+
+    runs_dev, runs = form_entry_runs(job)
+    merge_entry_runs(job, runs_dev, runs)
+
+
+def _mergesort(job: Job) -> None:
+    """Classic external merge sort: sorted runs of whole records, then k-way merges."""
+    from bas.sort.runs import form_record_runs, merge_record_runs
+
+    runs_dev, runs = form_record_runs(job)
+    merge_record_runs(job, runs_dev, runs)
+
+
+def parallel_chunks(job: Job, chunks: list, work: Callable) -> None:
+    """Run work(chunk, thread_slot) over chunks on plan.sort_threads threads (rsw)."""
+    with ThreadPoolExecutor(max_workers=job.plan.sort_threads) as pool:
+        list(pool.map(lambda ic: work(ic[1], ic[0] % job.plan.sort_threads),
+                      enumerate(chunks)))

@@ -1,0 +1,94 @@
+"""Failures at every phase of a sort leave no output, no temporary file and no runs."""
+
+import errno
+import os
+
+import pytest
+
+from bas import DeviceIOError, open_device
+from bas.fault import FaultDevice
+from bas.sort import sort
+from tests.sortcheck import random_records, stable_model
+
+
+def _scratch_failing(tmp_path, fail_after, code, made):
+    def make(size):
+        inner = open_device(f"file://{tmp_path}/scratch-{len(made)}.bin?size={size}")
+        dev = FaultDevice(inner, fail_after=fail_after, fail_errno=code)
+        made.append(dev)
+        return dev
+    return make
+
+
+@pytest.mark.parametrize("algorithm", ["kv-external", "mergesort"])
+@pytest.mark.parametrize("fail_after", [1, 2, 3, 5, 8, 13, 21])
+def test_run_device_failure_leaves_nothing(tmp_path, algorithm, fail_after):
+    data = random_records(2000, 100, 10, seed=1)
+    (tmp_path / "in").write_bytes(data)
+    made = []
+    try:
+        sort(tmp_path / "in", tmp_path / "out", memory_budget="64K", algorithm=algorithm,
+             scratch=_scratch_failing(tmp_path, fail_after, errno.ENOSPC, made))
+    except DeviceIOError as exc:
+        assert exc.errno == errno.ENOSPC
+        assert not (tmp_path / "out").exists()
+    else:  # the fault came after the scratch device's last operation
+        assert (tmp_path / "out").read_bytes() == stable_model(data, 100, 0, 10)
+    assert all(dev.closed for dev in made), "a run device was left open"
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".out")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("algorithm", ["kv", "kv-external", "mergesort"])
+@pytest.mark.parametrize("fail_op", ["read", "write", "persist"])
+@pytest.mark.parametrize("schedule", ["staged", "piped"])
+def test_output_device_failure_is_reported(tmp_path, algorithm, fail_op, schedule):
+    data = random_records(1500, 100, 10, seed=2)
+    src = open_device(f"dram://?size={len(data)}")
+    src.write(0, data)
+    dst = FaultDevice(open_device(f"dram://?size={len(data)}"),
+                      fail_after=1 if fail_op == "persist" else 2, fail_op=fail_op,
+                      fail_errno=errno.EIO, fail_count=0)
+    with src, dst:
+        if fail_op == "read":  # the engine never reads its output
+            sort(src, dst, memory_budget="64K", algorithm=algorithm, schedule=schedule,
+                 scratch=str(tmp_path))
+            return
+        with pytest.raises(DeviceIOError) as info:
+            sort(src, dst, memory_budget="64K", algorithm=algorithm, schedule=schedule,
+                 scratch=str(tmp_path))
+        assert info.value.errno == errno.EIO
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".bas-sort-runs")] == []
+
+
+def test_input_read_failure_at_each_phase(tmp_path):
+    data = random_records(3000, 100, 10, seed=3)
+    for fail_after in (1, 2, 4, 8, 16):
+        inner = open_device(f"dram://?size={len(data)}")
+        inner.write(0, data)
+        src = FaultDevice(inner, fail_after=fail_after, fail_op="read")
+        with src:
+            try:
+                sort(src, tmp_path / "out", memory_budget="128K", algorithm="kv-external")
+            except DeviceIOError:
+                assert not (tmp_path / "out").exists()
+            else:
+                assert (tmp_path / "out").read_bytes() == stable_model(data, 100, 0, 10)
+                os.unlink(tmp_path / "out")
+        assert [p for p in os.listdir(tmp_path) if p != "out"] == []
+
+
+def test_interrupt_leaves_no_partial_output(tmp_path):
+    data = random_records(2000, 100, 10, seed=4)
+    (tmp_path / "in").write_bytes(data)
+    calls = []
+
+    def progress(phase, done, total):
+        calls.append(phase)
+        if phase == "form-runs":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sort(tmp_path / "in", tmp_path / "out", memory_budget="64K", algorithm="kv-external",
+             progress=progress)
+    assert sorted(os.listdir(tmp_path)) == ["in"]
