@@ -31,6 +31,7 @@ class Context:
     workdir: str
     cold: bool  # evict the page cache before each measured run
     repeat: int = 5  # measured runs
+    memory: int | None = None  # memory budget for sort workloads
 
 
 #: name -> (group, function(ctx) -> iterator of result dicts, one per run)

@@ -1,0 +1,155 @@
+"""Run one sort implementation once, in its own process, and print one JSON object.
+
+    python tools/sortpeer.py NAME INPUT OUTPUT BUDGET_BYTES THREADS TMPDIR
+
+Every implementation reads INPUT (records of 100 bytes), writes OUTPUT sorted, and the output
+is fdatasync'ed inside the timed region, so all of them pay the same durability. Run in a fresh
+process so peak RSS (ru_maxrss) belongs to this one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+RECORD = 100
+
+
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, data) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def wiscsort(inp, out, budget, threads, tmp, schedule="staged", algorithm="auto"):
+    from bas.sort import sort
+
+    report = sort(inp, out, memory_budget=budget, threads=threads, schedule=schedule,
+                  algorithm=algorithm, scratch=tmp)
+    return {"algorithm": report.algorithm, "bytes_written_total":
+            sum(report.bytes_written.values()),
+            "phases": {p.name: round(p.seconds, 4) for p in report.phases}}
+
+
+def gnu_sort(inp, out, budget, threads, tmp):
+    env = dict(os.environ, LC_ALL="C")
+    subprocess.run(["sort", f"--parallel={threads}", "-S", f"{budget // 1024}K", "-T", tmp,
+                    "-o", out, inp], check=True, env=env)
+    _sync(out)
+    return {}
+
+
+def _arrow_records(inp):
+    import pyarrow as pa
+
+    data = np.fromfile(inp, dtype=np.uint8)
+    n = data.size // RECORD
+    return pa.table({"r": pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(RECORD), n, [None, pa.py_buffer(data)])})
+
+
+def _write_binary_column(column, out):
+    col = column.combine_chunks()
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64 if "large" in str(col.type)
+                            else np.int32)
+    start, end = int(offsets[col.offset]), int(offsets[col.offset + len(col)])
+    _write(out, memoryview(col.buffers()[2])[start:end])
+    _sync(out)
+
+
+def duckdb_sort(inp, out, budget, threads, tmp):
+    import duckdb
+
+    records = _arrow_records(inp)  # noqa: F841  (DuckDB scans the local Arrow table by name)
+    # DuckDB's own floor is about 100 MB; below it, it cannot run at all
+    limit = max(budget, 128 << 20) // 2**20
+    con = duckdb.connect(config={"threads": threads, "memory_limit": f"{limit}MB",
+                                 "temp_directory": tmp})
+    result = con.sql("SELECT r FROM records ORDER BY r").to_arrow_table()
+    _write_binary_column(result.column("r"), out)
+    return {}
+
+
+def polars_sort(inp, out, budget, threads, tmp):
+    import polars as pl
+
+    df = pl.from_arrow(_arrow_records(inp)).sort("r")
+    _write_binary_column(df.to_arrow().column("r"), out)
+    return {}
+
+
+def numpy_sort(inp, out, budget, threads, tmp):
+    data = np.fromfile(inp, dtype=np.uint8).reshape(-1, RECORD)
+    keys = np.ascontiguousarray(data[:, :10]).view("S10").ravel()
+    order = np.argsort(keys, kind="stable")
+    _write(out, data[order])
+    _sync(out)
+    return {}
+
+
+def floor(inp, out, budget, threads, tmp):
+    """The lower bound: read the input once and write it once (no sorting)."""
+    from bas import open_device
+
+    with open_device(f"file://{inp}?read_only=1") as src, \
+            open_device(f"file://{out}", size=src.size) as dst:
+        chunk = 64 << 20
+        buf = np.empty(chunk, dtype=np.uint8)
+        for pos in range(0, src.size, chunk):
+            m = min(chunk, src.size - pos)
+            offs = np.arange(pos, pos + m, 1 << 20, dtype=np.uint64)
+            lens = np.minimum(1 << 20, pos + m - offs)
+            src.read_many(offs, lens, buf[:m], threads=threads)
+            dst.write_many(offs, lens, buf[:m], threads=threads)
+        dst.persist()
+    return {}
+
+
+IMPLS = {
+    "wiscsort": wiscsort,
+    "wiscsort-piped": lambda *a: wiscsort(*a, schedule="piped"),
+    "wiscsort-mergesort": lambda *a: wiscsort(*a, algorithm="mergesort"),
+    "gnu-sort": gnu_sort,
+    "duckdb": duckdb_sort,
+    "polars": polars_sort,
+    "numpy": numpy_sort,
+    "floor": floor,
+}
+
+
+#: modules each implementation imports, loaded before the clock starts (start-up is not sorting)
+PRELOAD = {"wiscsort": ["bas.sort"], "wiscsort-piped": ["bas.sort"],
+           "wiscsort-mergesort": ["bas.sort"], "duckdb": ["duckdb", "pyarrow"],
+           "polars": ["polars", "pyarrow"], "floor": ["bas"]}
+
+
+def main() -> int:
+    name, inp, out, budget, threads, tmp = sys.argv[1:7]
+    if os.path.exists(out):
+        os.unlink(out)
+    for module in PRELOAD.get(name, []):
+        __import__(module)
+    t0 = time.perf_counter()
+    extra = IMPLS[name](inp, out, int(budget), int(threads), tmp)
+    seconds = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps(dict(seconds=seconds, peak_rss=max(usage, children) * 1024, **extra)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
