@@ -111,9 +111,10 @@ def _seq_write(job: Job, dev: Device, offset: int, data: np.ndarray, threads: in
 
 def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads: int) -> None:
     """Entries for records [start, start + count): strided key reads where bytes are cheap
-    to address (BRAID's B), whole records read sequentially elsewhere."""
+    to address (BRAID's B, or a page-cached file read through its mapping), whole records
+    read sequentially elsewhere."""
     R, K = job.record_size, job.key_size
-    if job.src.byte_addressable:
+    if job.plan.random_reads_cheap:
         keys = job.buffer(min(count, KEY_BATCH) * K)
         for i in range(0, count, KEY_BATCH):
             m = min(KEY_BATCH, count - i)
@@ -146,7 +147,7 @@ def _sort_entries(job: Job, entries: np.ndarray, count: int, threads: int) -> No
 def _gather(job: Job, entries: np.ndarray, count: int, out: np.ndarray) -> None:
     offsets = native.entry_offsets(entries, count, job.key_size, job.record_size)
     R = job.record_size
-    if job.src.byte_addressable:
+    if job.plan.random_reads_cheap:
         job.src.read_many(offsets, R, out[:count * R], threads=job.plan.read_threads)
     else:
         # block devices: read each batch in address order, then place records in memory

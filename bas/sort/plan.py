@@ -26,6 +26,7 @@ class Plan:
     chunk_records: int  # records per run (external algorithms) or all of them (kv)
     gather_records: int  # records per gather batch
     budget: int  # bytes of buffers the engine may hold
+    random_reads_cheap: bool  # gather keys by strided reads and records in entry order
 
 
 def _physical_memory() -> int:
@@ -112,4 +113,4 @@ def make_plan(device, n: int, record_size: int, key_size: int, budget: int,
     if schedule == "piped" and algorithm != "kv":
         chunk //= 3  # a chunk each being read, sorted and written, plus one queued
     return Plan(algorithm, reason, max(1, read_t), max(1, write_t), max(1, sort_t),
-                max(1, min(n, chunk)), gather, budget)
+                max(1, min(n, chunk)), gather, budget, cheap)
