@@ -100,6 +100,16 @@ class Device:
         """Virtual seconds spent so far by an emulated device's cost model; None on real time."""
         return None
 
+    @property
+    def clock_domain(self) -> object:
+        """What the clock belongs to: emulated devices on one medium share it (sum it once)."""
+        return self
+
+    @property
+    def preset(self) -> str | None:
+        """The cost-model preset an emulated device follows (None on real devices)."""
+        return None
+
     def overlap(self):
         """Context in which concurrent reads and writes count as overlapping (emulation only)."""
         return nullcontext(self)

@@ -70,6 +70,7 @@ class FileDevice(Device):
             # O_DIRECT users asked to bypass the page cache: never read it through a mapping
             self._map = (mmap.mmap(self._fd, self._len, mmap.MAP_SHARED, mmap.PROT_READ)
                          if map and not direct and self._len else None)
+            self._advice = mmap.MADV_NORMAL
         except BaseException:
             os.close(self._fd)
             if self._fd_direct >= 0:
@@ -143,6 +144,14 @@ class FileDevice(Device):
 
     def _read_many(self, req: Requests, out: memoryview, threads: int) -> None:
         if self._map is not None and req.total < MAP_PIECE_LIMIT * len(req):
+            # in-order gathers (strided keys, scans) want the kernel's readahead; a fault in
+            # a random gather must not read ahead megabytes (read_ahead_kb) it will not use.
+            # The advice is a hint: racing batches of both kinds cost speed, never bytes.
+            in_order = len(req) < 2 or bool(np.all(req.offsets[1:] >= req.offsets[:-1]))
+            advice = mmap.MADV_NORMAL if in_order else mmap.MADV_RANDOM
+            if advice != self._advice:
+                self._map.madvise(advice)
+                self._advice = advice
             native.mem_gather(self._map, self._len, req.offsets, req.lengths, req.uniform,
                               req.total, out, threads)
         else:

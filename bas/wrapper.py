@@ -46,6 +46,21 @@ class WrapperDevice(Device):
     def alignment(self) -> int:  # type: ignore[override]
         return self.inner.alignment
 
+    @property
+    def clock(self) -> float | None:
+        return self.inner.clock
+
+    @property
+    def clock_domain(self) -> object:
+        return self.inner.clock_domain
+
+    @property
+    def preset(self) -> str | None:
+        return self.inner.preset
+
+    def overlap(self):
+        return self.inner.overlap()
+
     def _size(self) -> int:
         return self.inner.size
 
