@@ -17,7 +17,7 @@ from bas.presets import Preset, get_preset, overlapped_seconds
 from bas.registry import DeviceURL
 from bas.wrapper import WrapperDevice, inner_from_url
 
-__all__ = ["EmuDevice", "EmuStats"]
+__all__ = ["EmuDevice", "EmuStats", "Medium"]
 
 MODES = ("account", "throttle")
 
@@ -33,6 +33,18 @@ class EmuStats:
     bytes_written: int
     media_read: int
     media_written: int
+
+
+class Medium:
+    """The state of one modelled device, shared by every EmuDevice region on it."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.clock = 0.0  # account: virtual seconds
+        self.depth = 0  # open overlap() sections
+        self.lanes = {"read": 0.0, "write": 0.0}  # account: costs inside a section
+        self.busy_until = {"read": 0.0, "write": 0.0}  # throttle: pacing per kind
+        self.active = {"read": 0, "write": 0}  # throttle: requests in flight per kind
 
 
 class EmuDevice(WrapperDevice):
@@ -62,7 +74,7 @@ class EmuDevice(WrapperDevice):
     scheme = "emu"
 
     def __init__(self, inner: Device, model: Preset | str, *, mode: str = "account",
-                 url: str | None = None):
+                 url: str | None = None, medium: Medium | None = None):
         preset = model if isinstance(model, Preset) else get_preset(model)
         if mode not in MODES:
             raise InvalidURLError(f"emu:// mode must be one of {MODES}, got {mode!r}")
@@ -70,12 +82,8 @@ class EmuDevice(WrapperDevice):
                                        f"{quote(inner.url, safe='')}")
         self.model = preset
         self.mode = mode
-        self._lock = threading.Lock()
-        self._clock = 0.0
-        self._depth = 0  # open overlap() sections
-        self._lanes = {"read": 0.0, "write": 0.0}  # account: costs inside a section
-        self._busy_until = {"read": 0.0, "write": 0.0}  # throttle: pacing per kind
-        self._active = {"read": 0, "write": 0}  # throttle: requests in flight per kind
+        #: the modelled hardware; siblings (see sibling()) share it, its clock and interference
+        self.medium = medium or Medium()
         self._counts = dict.fromkeys(("reads", "writes", "bytes_read", "bytes_written",
                                       "media_read", "media_written"), 0)
         # the virtual clock does not depend on real parallelism: spare the shared cores
@@ -115,13 +123,26 @@ class EmuDevice(WrapperDevice):
 
     @property
     def clock(self) -> float | None:
-        """Virtual seconds charged so far (account mode); None in throttle mode."""
-        return self._clock if self.mode == "account" else None
+        """Virtual seconds charged so far to the medium (account mode); None in throttle mode."""
+        return self.medium.clock if self.mode == "account" else None
+
+    @property
+    def clock_domain(self) -> object:
+        return self.medium
+
+    @property
+    def preset(self) -> str | None:
+        return self.model.name
+
+    def sibling(self, inner: Device) -> EmuDevice:
+        """Another region of the same modelled device: its requests share this one's clock,
+        overlap sections and interference (e.g. a sort's input, runs and output on one PMem)."""
+        return EmuDevice(inner, self.model, mode=self.mode, medium=self.medium)
 
     @property
     def stats(self) -> EmuStats:
         """A snapshot of the counters (take two and subtract to measure a phase)."""
-        with self._lock:
+        with self.medium.lock:
             return EmuStats(clock=self.clock, **self._counts)
 
     @contextmanager
@@ -132,18 +153,18 @@ class EmuDevice(WrapperDevice):
         the clock by overlapped_seconds(read, write, interference). Throttle mode sees the
         overlap as it happens, so the section changes nothing there.
         """
-        with self._lock:
-            self._depth += 1
+        m = self.medium
+        with m.lock:
+            m.depth += 1
         try:
             yield self
         finally:
-            with self._lock:
-                self._depth -= 1
-                if not self._depth:
-                    spent = overlapped_seconds(self._lanes["read"], self._lanes["write"],
-                                               self.model.interference)
-                    self._clock += spent
-                    self._lanes = {"read": 0.0, "write": 0.0}
+            with m.lock:
+                m.depth -= 1
+                if not m.depth:
+                    m.clock += overlapped_seconds(m.lanes["read"], m.lanes["write"],
+                                                  self.model.interference)
+                    m.lanes = {"read": 0.0, "write": 0.0}
 
     # -- primitives ---------------------------------------------------------------------
 
@@ -179,30 +200,32 @@ class EmuDevice(WrapperDevice):
             io()  # charge only what was moved: a failed request costs nothing
         else:
             self._throttled(kind, seconds, io)
-        with self._lock:
+        m = self.medium
+        with m.lock:
             self._counts[kind + "s"] += n
             self._counts["bytes_read" if kind == "read" else "bytes_written"] += nbytes
             self._counts["media_read" if kind == "read" else "media_written"] += media
             if self.mode == "account":
-                if self._depth:
-                    self._lanes[kind] += seconds
+                if m.depth:
+                    m.lanes[kind] += seconds
                 else:
-                    self._clock += seconds
+                    m.clock += seconds
 
     def _throttled(self, kind: str, seconds: float, io) -> None:
         other = "write" if kind == "read" else "read"
         start = time.perf_counter()
-        with self._lock:
-            if self._active[other] or self._busy_until[other] > start:
+        m = self.medium
+        with m.lock:
+            if m.active[other] or m.busy_until[other] > start:
                 seconds /= self.model.interference
-            end = max(start, self._busy_until[kind]) + seconds
-            self._busy_until[kind] = end
-            self._active[kind] += 1
+            end = max(start, m.busy_until[kind]) + seconds
+            m.busy_until[kind] = end
+            m.active[kind] += 1
         try:
             io()
         finally:
-            with self._lock:
-                self._active[kind] -= 1
+            with m.lock:
+                m.active[kind] -= 1
         delay = end - time.perf_counter()
         if delay > 0:
             time.sleep(delay)

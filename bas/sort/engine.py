@@ -56,14 +56,17 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
             raise ValueError(f"{src.url}: input holds {src.size} bytes, not a whole number of "
                              f"{record_size}-byte records ({src.size % record_size} left over)")
         n = src.size // record_size
-        if profile is None:
-            profile = getattr(src, "profile", None)
+        if profile is None and src.preset is not None:
+            from bas.profile import Profile
+
+            profile = Profile.from_preset(src.preset)
         plan = make_plan(src, n, record_size, key_size, budget, threads, algorithm, profile,
                          schedule)
         dst, publish = _open_output(output, src)
         report = SortReport(plan.algorithm, plan.reason, schedule, n, record_size, key_size,
                             key_offset, budget,
                             threads={"read": plan.read_threads, "write": plan.write_threads,
+                                     "gather": plan.gather_threads,
                                      "sort": plan.sort_threads})
         tracker = Tracker(report, [src] + ([dst] if dst is not src else []))
         job = Job(src, dst, n, record_size, key_size, key_offset, plan, schedule, tracker,

@@ -12,6 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +78,16 @@ class Job:
                     cleanup()
                 return
 
+    def overlap(self, *devices: Device):
+        """A context where these devices' reads and writes count as concurrent (emulation)."""
+        stack = ExitStack()
+        seen = set()
+        for dev in devices:
+            if dev is not None and id(dev.clock_domain) not in seen:
+                seen.add(id(dev.clock_domain))
+                stack.enter_context(dev.overlap())
+        return stack
+
     def cleanup(self) -> None:
         while self._cleanups:
             self.drop_scratch(self._cleanups[-1][0])
@@ -114,7 +125,7 @@ def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads
     to address (BRAID's B, or a page-cached file read through its mapping), whole records
     read sequentially elsewhere."""
     R, K = job.record_size, job.key_size
-    if job.plan.random_reads_cheap:
+    if job.plan.strided_keys:
         keys = job.buffer(min(count, KEY_BATCH) * K)
         for i in range(0, count, KEY_BATCH):
             m = min(KEY_BATCH, count - i)
@@ -148,12 +159,12 @@ def _gather(job: Job, entries: np.ndarray, count: int, out: np.ndarray) -> None:
     offsets = native.entry_offsets(entries, count, job.key_size, job.record_size)
     R = job.record_size
     if job.plan.random_reads_cheap:
-        job.src.read_many(offsets, R, out[:count * R], threads=job.plan.read_threads)
+        job.src.read_many(offsets, R, out[:count * R], threads=job.plan.gather_threads)
     else:
         # block devices: read each batch in address order, then place records in memory
         order = np.argsort(offsets, kind="stable")
         staging = job.buffer(count * R)
-        job.src.read_many(offsets[order], R, staging, threads=job.plan.read_threads)
+        job.src.read_many(offsets[order], R, staging, threads=job.plan.gather_threads)
         native.mem_scatter(out, out.nbytes, order.astype(np.uint64) * np.uint64(R), None, R,
                            count * R, staging, job.plan.sort_threads)
         job.free(staging)
@@ -231,7 +242,7 @@ def _emit_sorted_entries(job: Job, writer: SeqWriter, entries: np.ndarray, count
         m = min(G, count - i)
         out = buffers[0]
         buffers.rotate(1)
-        with job.track.phase("gather", "read", job.plan.read_threads, m * R):
+        with job.track.phase("gather", "read", job.plan.gather_threads, m * R):
             _gather(job, entries[i * E:(i + m) * E], m, out)
         writer.write(out[:m * R])
 
@@ -256,10 +267,11 @@ def _write_from_entries(job: Job, entries: np.ndarray, n: int) -> None:
     buffers = deque(job.buffer(job.plan.gather_records * job.record_size)
                     for _ in range(2 if piped else 1))
     writer = SeqWriter(job, piped)
-    try:
-        _emit_sorted_entries(job, writer, entries, n, buffers)
-    finally:
-        writer.close()
+    with job.overlap(job.src, job.dst) if piped else ExitStack():
+        try:
+            _emit_sorted_entries(job, writer, entries, n, buffers)
+        finally:
+            writer.close()
     for b in buffers:
         job.free(b)
     job.tick("write-output", n, n)

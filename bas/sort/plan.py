@@ -26,7 +26,9 @@ class Plan:
     chunk_records: int  # records per run (external algorithms) or all of them (kv)
     gather_records: int  # records per gather batch
     budget: int  # bytes of buffers the engine may hold
-    random_reads_cheap: bool  # gather keys by strided reads and records in entry order
+    random_reads_cheap: bool  # gather records in entry order (no address sort)
+    strided_keys: bool  # read only the keys (the stride skips whole media units)
+    gather_threads: int  # threads for random record reads
 
 
 def _physical_memory() -> int:
@@ -36,11 +38,12 @@ def _physical_memory() -> int:
         return 8 << 30
 
 
-def _profile_threads(profile, kind: str, default: int) -> int:
+def _profile_threads(profile, kind: str, default: int, pattern: str = "sequential",
+                     access_size: int | None = None) -> int:
     if profile is None:
         return default
     try:
-        return max(1, int(profile.best_threads(kind)))
+        return max(1, int(profile.best_threads(kind, pattern, access_size)))
     except (AttributeError, KeyError, ValueError):
         return default
 
@@ -80,6 +83,15 @@ def make_plan(device, n: int, record_size: int, key_size: int, budget: int,
     # kv in memory: entries + radix scratch + two gather buffers (one being written)
     kv_need = 2 * n * es + 2 * gather * record_size
     cheap, why_cheap = _random_reads_cheap(device, n * record_size)
+    gather_t = (_profile_threads(profile, "read", read_t, "random", record_size)
+                if threads is None else read_t)
+    if profile is not None and algorithm == "auto" and record_size > es:
+        kv_s, merge_s = _modelled_seconds(profile, device, n, record_size, es, kv_need <= budget,
+                                          n * (2 * es + 2 * record_size) <= budget,
+                                          read_t, write_t, gather_t)
+        cheap = kv_s < merge_s
+        why_cheap = (f"the profile ({getattr(profile, 'device', 'profile')}) models key/value "
+                     f"separation at {kv_s:.3g} s and merge sort at {merge_s:.3g} s")
     if algorithm == "auto":
         if record_size <= es:
             algorithm = "mergesort"
@@ -113,4 +125,25 @@ def make_plan(device, n: int, record_size: int, key_size: int, budget: int,
     if schedule == "piped" and algorithm != "kv":
         chunk //= 3  # a chunk each being read, sorted and written, plus one queued
     return Plan(algorithm, reason, max(1, read_t), max(1, write_t), max(1, sort_t),
-                max(1, min(n, chunk)), gather, budget, cheap)
+                max(1, min(n, chunk)), gather, budget, cheap,
+                cheap and record_size >= 2 * device.granularity, gather_t)
+
+
+def _modelled_seconds(profile, device, n: int, record_size: int, es: int, kv_in_memory: bool,
+                      merge_in_memory: bool, read_t: int, write_t: int, gather_t: int
+                      ) -> tuple[float, float]:
+    """(key/value separation, merge sort) seconds the profile predicts for this input."""
+    data = n * record_size
+    seq_read = profile.seconds("read", data, "sequential", read_t)
+    seq_write = profile.seconds("write", data, "sequential", write_t)
+    if record_size >= 2 * device.granularity:  # strided key reads skip whole media units
+        keys = profile.seconds("read", n * device.granularity, "random", read_t,
+                               device.granularity)
+    else:
+        keys = seq_read
+    gather = profile.seconds("read", data, "random", gather_t, record_size)
+    runs = 0.0 if kv_in_memory else (profile.seconds("write", n * es, "sequential", write_t)
+                                     + profile.seconds("read", n * es, "sequential", read_t))
+    kv = keys + gather + seq_write + runs
+    merge = seq_read + seq_write if merge_in_memory else 2 * (seq_read + seq_write)
+    return kv, merge

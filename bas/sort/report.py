@@ -85,17 +85,18 @@ class Tracker:
         self._clock0 = self._clock()
 
     def _clock(self) -> float | None:
-        clocks = [d.clock for d in self._devices if getattr(d, "clock", None) is not None]
-        return sum(clocks) if clocks else None
+        """Modelled seconds so far: each emulated medium's clock counted once."""
+        clocks = {id(d.clock_domain): d.clock for d in self._devices if d.clock is not None}
+        return sum(clocks.values()) if clocks else None
 
     def add_device(self, device) -> None:
         with self._lock:
-            if device not in self._devices:
-                base = self._clock0 or 0.0
-                self._devices.append(device)
-                clock = getattr(device, "clock", None)
-                if clock is not None:
-                    self._clock0 = base + clock
+            if device in self._devices:
+                return
+            known = {id(d.clock_domain) for d in self._devices}
+            self._devices.append(device)
+            if device.clock is not None and id(device.clock_domain) not in known:
+                self._clock0 = (self._clock0 or 0.0) + device.clock
 
     def read(self, device, nbytes: int) -> None:
         with self._lock:

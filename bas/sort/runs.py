@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -104,7 +105,8 @@ def _form(job: Job, chunks, one, dev: Device, item: int, read) -> None:
         threads = job.plan.sort_threads
         small = max(1, job.plan.chunk_records // threads)
         pieces = [(s, min(small, job.n - s)) for s in range(0, job.n, small)]
-        with job.track.phase("read-sort-write", "mixed", threads, job.n * item):
+        with job.track.phase("read-sort-write", "mixed", threads, job.n * item), \
+                job.overlap(job.src, dev):
             parallel_chunks(job, pieces, lambda c, slot: one(c, slot, 1))
         # rsw's smaller chunks make more runs: the caller's run list must match them
         job.plan.chunk_records = small
@@ -136,7 +138,8 @@ def _form_piped(job: Job, chunks, dev: Device, item: int, read) -> None:
             filled.put(None)
 
     writer = SeqWriter(job, True, dev, phase="write-runs", after=job.free)
-    with job.track.phase("form-runs", "mixed", job.plan.read_threads, job.n * item):
+    with job.track.phase("form-runs", "mixed", job.plan.read_threads, job.n * item), \
+            job.overlap(job.src, dev):
         t = threading.Thread(target=reader, daemon=True)
         t.start()
         try:
@@ -246,11 +249,12 @@ def merge_entry_runs(job: Job, dev: Device, runs: list[Run]) -> None:
     job.track.report.merge_passes += 1
     gathers = deque(job.buffer(G * R) for _ in range(2 if piped else 1))
     writer = SeqWriter(job, piped)
-    try:
-        _merge(job, dev, runs, E, 0, E, job.plan.budget - reserve, G, 1,
-               lambda buf, m: _emit_sorted_entries(job, writer, buf, m, gathers))
-    finally:
-        writer.close()
+    with job.overlap(job.src, job.dst, dev) if piped else ExitStack():
+        try:
+            _merge(job, dev, runs, E, 0, E, job.plan.budget - reserve, G, 1,
+                   lambda buf, m: _emit_sorted_entries(job, writer, buf, m, gathers))
+        finally:
+            writer.close()
     for b in gathers:
         job.free(b)
 
@@ -267,8 +271,9 @@ def merge_record_runs(job: Job, dev: Device | None, runs: list[Run]) -> None:
     dev, runs = _merge_passes(job, dev, runs, R, job.key_offset, job.key_size, reserve)
     job.track.report.merge_passes += 1
     writer = SeqWriter(job, piped)
-    try:
-        _merge(job, dev, runs, R, job.key_offset, job.key_size, job.plan.budget - reserve, G,
-               2 if piped else 1, lambda buf, m: writer.write(buf[:m * R]))
-    finally:
-        writer.close()
+    with job.overlap(job.dst, dev) if piped else ExitStack():
+        try:
+            _merge(job, dev, runs, R, job.key_offset, job.key_size, job.plan.budget - reserve,
+                   G, 2 if piped else 1, lambda buf, m: writer.write(buf[:m * R]))
+        finally:
+            writer.close()
