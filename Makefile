@@ -42,7 +42,9 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Benchmark peers are not test dependencies: installed here only.
 bench: setup
+	$(PY) -m pip install -q -r requirements-bench.lock
 	$(PY) tools/bench --list
 
 clean:

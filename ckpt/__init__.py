@@ -1,1 +1,81 @@
-"""ckpt: loading-optimized checkpoint store (issue C builds it)."""
+"""ckpt: a loading-optimized checkpoint format and a loader at device speed (docs/FORMAT.md).
+
+    ckpt.save(model.state_dict(), "model.ckpt")
+    tensors = ckpt.load("model.ckpt", "cpu")            # zero-copy views of one buffer
+    ckpt.load_into(model_on_meta, "model.ckpt")         # assign, re-tie, buffers
+"""
+
+from ckpt.convert import convert
+from ckpt.errors import (
+    AliasError,
+    BadMagicError,
+    CheckpointError,
+    CheckpointIOError,
+    ChecksumError,
+    ConvertError,
+    FormatError,
+    IndexDecodeError,
+    IndexTooLargeError,
+    LayoutError,
+    LengthMismatchError,
+    MissingPartitionError,
+    NotACheckpointError,
+    PartitionNameError,
+    PartitionSizeError,
+    SchemaError,
+    ShapeError,
+    UnsupportedDtypeError,
+    UnsupportedVersionError,
+)
+from ckpt.format import DTYPES, Index, Partition, TensorEntry
+from ckpt.loader import load, load_from, load_stream, pack, verify
+from ckpt.modules import init_empty, load_into, load_transformers
+from ckpt.pool import HostPool, PoolStats
+from ckpt.reader import LoadStats
+from ckpt.source import Source, open_source, packed_source, read_index
+from ckpt.tensors import save
+from ckpt.writer import Writer
+
+__all__ = [
+    "DTYPES",
+    "AliasError",
+    "BadMagicError",
+    "CheckpointError",
+    "CheckpointIOError",
+    "ChecksumError",
+    "ConvertError",
+    "FormatError",
+    "HostPool",
+    "Index",
+    "IndexDecodeError",
+    "IndexTooLargeError",
+    "LayoutError",
+    "LengthMismatchError",
+    "LoadStats",
+    "MissingPartitionError",
+    "NotACheckpointError",
+    "Partition",
+    "PartitionNameError",
+    "PartitionSizeError",
+    "PoolStats",
+    "SchemaError",
+    "ShapeError",
+    "Source",
+    "TensorEntry",
+    "UnsupportedDtypeError",
+    "UnsupportedVersionError",
+    "Writer",
+    "convert",
+    "init_empty",
+    "load",
+    "load_from",
+    "load_into",
+    "load_stream",
+    "load_transformers",
+    "open_source",
+    "pack",
+    "packed_source",
+    "read_index",
+    "save",
+    "verify",
+]

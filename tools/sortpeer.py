@@ -145,9 +145,13 @@ def main() -> int:
     t0 = time.perf_counter()
     extra = IMPLS[name](inp, out, int(budget), int(threads), tmp)
     seconds = time.perf_counter() - t0
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps(dict(seconds=seconds, peak_rss=max(usage, children) * 1024, **extra)))
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # ru_oublock: 512-byte blocks this process and its children sent to file systems (temporary
+    # files included), so a tool's run files count as well as its output
+    io_written = (me.ru_oublock + kids.ru_oublock) * 512
+    print(json.dumps(dict(seconds=seconds, peak_rss=max(me.ru_maxrss, kids.ru_maxrss) * 1024,
+                          io_bytes_written=io_written, **extra)))
     return 0
 
 

@@ -1,0 +1,154 @@
+"""Crash-safe replacement of a checkpoint directory, and the recovery that finishes a torn one.
+
+A save writes everything under a sibling `NAME.tmp-TOKEN`, fsyncs every file and that
+directory, then publishes it:
+
+* no checkpoint at NAME yet: rename(tmp, NAME), fsync the parent;
+* NAME exists and the file system has renameat2(RENAME_EXCHANGE) (ext4, xfs, btrfs, tmpfs):
+  swap tmp and NAME in one atomic step, fsync the parent, then delete tmp (now the old one);
+* otherwise: rename NAME to `NAME.old-TOKEN`, rename tmp to NAME, fsync the parent, delete
+  the old one. Between the two renames NAME is missing; `recover` repairs that.
+
+At every instant NAME is absent, the complete old checkpoint or the complete new one.
+A load that finds NAME missing reads through `resolve`: when an `old` sibling shows that a
+swap began, the new `tmp` (if complete) or else `old` is the checkpoint; nothing is changed.
+`recover` runs before every save: it renames that directory back to NAME and deletes the
+leftovers of crashed saves. One writer per NAME at a time (readers may run any time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import shutil
+
+from ckpt.errors import CheckpointIOError
+
+__all__ = ["commit_dir", "fsync_dir", "fsync_fd", "recover", "resolve", "temp_dir"]
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def temp_dir(path: str) -> tuple[str, str]:
+    """A fresh empty sibling directory for a save into `path`: (its path, its token)."""
+    token = secrets.token_hex(4)
+    tmp = f"{path}.tmp-{token}"
+    try:
+        os.mkdir(tmp, 0o755)
+    except OSError as exc:
+        raise _io_error(exc, f"creating {tmp}") from exc
+    return tmp, token
+
+
+def commit_dir(tmp: str, path: str, token: str) -> None:
+    """Publish the fully written and synced directory tmp as path (see the module doc)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    fsync_dir(tmp)
+    try:
+        if not os.path.lexists(path):
+            os.rename(tmp, path)
+            fsync_dir(parent)
+            return
+        if _rename_exchange(tmp, path):
+            fsync_dir(parent)
+            _remove_tree(tmp)
+            return
+        old = f"{path}.old-{token}"
+        os.rename(path, old)
+        os.rename(tmp, path)
+        fsync_dir(parent)
+        _remove_tree(old)
+    except OSError as exc:
+        raise _io_error(exc, f"publishing {tmp} as {path}") from exc
+
+
+def resolve(path: str, is_complete) -> str | None:
+    """The directory that holds the checkpoint named path, without changing anything.
+
+    path itself when present; while a swap is torn (path missing, `old` sibling present), the
+    complete new `tmp` or else the `old` one; None when there is no checkpoint.
+    is_complete(dir) tells whether a directory holds a whole, valid checkpoint.
+    """
+    if os.path.lexists(path):
+        return path
+    parent, base = _split(path)
+    for old in _siblings(parent, base, "old"):
+        tmp = os.path.join(parent, f"{base}.tmp-{old[len(base) + 5:]}")
+        return tmp if os.path.isdir(tmp) and is_complete(tmp) else os.path.join(parent, old)
+    return None
+
+
+def recover(path: str, is_complete) -> None:
+    """Before a save: finish or undo an interrupted swap, then delete leftovers of crashes."""
+    parent, base = _split(path)
+    try:
+        found = resolve(path, is_complete)
+        if found is not None and found != path:
+            os.rename(found, path)
+            fsync_dir(parent)
+        for name in _siblings(parent, base, "old") + _siblings(parent, base, "tmp"):
+            _remove_tree(os.path.join(parent, name))
+    except OSError as exc:
+        raise _io_error(exc, f"recovering {path}") from exc
+
+
+def _split(path: str) -> tuple[str, str]:
+    full = os.path.abspath(path)
+    return os.path.dirname(full), os.path.basename(full)
+
+
+def _siblings(parent: str, base: str, kind: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(parent) if n.startswith(f"{base}.{kind}-"))
+    except FileNotFoundError:
+        return []
+
+
+def fsync_fd(fd: int, what: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise _io_error(exc, f"fsync of {what}") from exc
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _io_error(exc, f"opening directory {path}") from exc
+    try:
+        fsync_fd(fd, f"directory {path}")
+    finally:
+        os.close(fd)
+
+
+def _rename_exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths with renameat2; False where the platform cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), a)
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _io_error(exc: OSError, what: str) -> CheckpointIOError:
+    err = CheckpointIOError(exc.errno, f"{what} failed: {exc.strerror or exc}")
+    err.filename = exc.filename
+    return err

@@ -1,0 +1,232 @@
+"""Load a checkpoint into tensors that are zero-copy views of one aligned buffer.
+
+    tensors = ckpt.load("model.ckpt")                     # CPU, O_DIRECT, CRCs checked
+    tensors = ckpt.load("model.ckpt", "cuda:0", pool=p)   # disk -> pinned staging -> GPU
+
+Buffer ownership: all partitions are read back to back into ONE buffer (a page-aligned
+anonymous mapping, or a buffer borrowed from a HostPool); torch wraps it in one storage and
+every tensor is a view of it. The storage holds the only reference to the buffer, so the
+buffer is freed (or goes back to the pool) when the last tensor is dropped; no tensor holds
+any memory beyond that shared storage.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from bas import native
+from ckpt.errors import CheckpointIOError, ChecksumError, PartitionSizeError
+from ckpt.format import BLOCK, HEADER_SIZE, INDEX_FILE, Index, align_up, decode_header
+from ckpt.pool import HostPool, allocate
+from ckpt.reader import (
+    Chunk,
+    LoadStats,
+    Progress,
+    chunks_of,
+    default_threads,
+    read_chunks,
+)
+from ckpt.source import Source, open_source, read_index, resolve_dir
+from ckpt.tensors import views
+
+__all__ = ["load", "load_from", "load_stream", "pack", "verify"]
+
+Tensors = dict[str, torch.Tensor]
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+         threads: int | None = None, verify: bool | None = None,
+         progress: Callable[[int, int], None] | None = None, pool: HostPool | None = None,
+         stats: LoadStats | None = None, direct: bool = True, profile=None) -> Tensors:
+    """Every tensor of the checkpoint directory at path, on device ("cpu" or "cuda[:N]").
+
+    threads: reader threads (default: profile.best_threads, else the CPU count).
+    verify: check every chunk's CRC-32 (default on). progress(done_bytes, total_bytes) is
+    called from reader threads, serialised. pool: borrow the host buffer (CPU) or the pinned
+    staging buffers (CUDA) from it. stats: filled with bytes, threads and times. direct=False
+    reads through the page cache. profile: a bas.profile.Profile of the disk.
+    """
+    start = time.perf_counter()
+    with open_source(path, direct=direct) as source:
+        out = load_from(source, device, threads=threads, verify=verify, progress=progress,
+                        pool=pool, stats=stats, profile=profile)
+    if stats is not None:
+        stats.seconds = time.perf_counter() - start
+    return out
+
+
+def load_from(source: Source, device: str | torch.device = "cpu", *,
+              threads: int | None = None, verify: bool | None = None,
+              progress: Callable[[int, int], None] | None = None,
+              pool: HostPool | None = None, stats: LoadStats | None = None,
+              profile=None) -> Tensors:
+    """Load from an open Source (devices already open: a DRAM tier, a file, a PMem pool)."""
+    start = time.perf_counter()
+    index = source.index
+    dev = torch.device(device)
+    threads = threads or default_threads(source, profile)
+    verify = True if verify is None else bool(verify)
+    tracker = Progress(progress, index.total_bytes)
+    if stats is not None:
+        stats.direct = source.direct
+    if dev.type == "cuda":
+        from ckpt.cuda import read_to_cuda
+
+        flat = read_to_cuda(source, dev, threads=threads, verify=verify, progress=tracker,
+                            stats=stats, pool=pool)
+    elif dev.type == "cpu":
+        buf = _host_buffer(index.total_bytes, pool)
+        read_chunks(source, lambda c: buf[c.position:c.position + c.length], threads=threads,
+                    verify=verify, progress=tracker, stats=stats)
+        flat = _as_tensor(buf)
+    else:
+        raise ValueError(f"load: device {dev} is not supported (use 'cpu' or 'cuda[:N]')")
+    tensors = views(index, flat)
+    if stats is not None:
+        stats.seconds = time.perf_counter() - start
+    return tensors
+
+
+def load_stream(stream, device: str | torch.device = "cpu", *, verify: bool | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                pool: HostPool | None = None, stats: LoadStats | None = None,
+                max_bytes: int | None = None) -> Tensors:
+    """Load the packed form (see `pack`) from a readable byte stream, in one sequential pass.
+
+    For remote tiers: the stream is read once, front to back; chunks are checked as they
+    arrive. A stream that ends early raises PartitionSizeError, one whose index announces
+    more than max_bytes of data (when given) is refused before anything is allocated.
+    """
+    start = time.perf_counter()
+    head = _read_stream(stream, HEADER_SIZE, "stream header")
+    _, length, _ = decode_header(head, "stream")
+    body = _read_stream(stream, length, "stream index")
+    index = Index.decode(head + body, "stream")
+    _read_stream(stream, align_up(HEADER_SIZE + length, BLOCK) - HEADER_SIZE - length,
+                 "stream padding")
+    if max_bytes is not None and index.total_bytes > max_bytes:
+        raise PartitionSizeError(f"stream: {index.total_bytes} bytes of data exceed the "
+                                 f"limit of {max_bytes}")
+    buf = _host_buffer(index.total_bytes, pool)
+    tracker = Progress(progress, index.total_bytes)
+    chunks = chunks_of(index)
+    verify = True if verify is None else bool(verify)
+    read_start = time.perf_counter()
+    for c in chunks:
+        view = buf[c.position:c.position + c.length]
+        _readinto_stream(stream, view, f"partition {index.partitions[c.partition].file}")
+        if verify:
+            _check_crc(index, c, view)
+        tracker.add(c.length)
+    if stats is not None:
+        stats.read_seconds += time.perf_counter() - read_start
+        stats.bytes_read += index.total_bytes + align_up(HEADER_SIZE + length, BLOCK)
+        stats.chunks += len(chunks)
+        stats.threads, stats.verified = 1, verify
+    flat = _as_tensor(buf)
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        flat = flat.to(dev)
+    tensors = views(index, flat)
+    if stats is not None:
+        stats.seconds = time.perf_counter() - start
+    return tensors
+
+
+def pack(path: str | os.PathLike, out) -> int:
+    """Write the checkpoint at path to the writable stream out in the packed form.
+
+    Packed form: the index file, zero padding to a multiple of 4096, then every partition
+    in index order. Returns the bytes written.
+    """
+    directory = resolve_dir(path)
+    index = read_index(directory)
+    with open(os.path.join(directory, INDEX_FILE), "rb") as f:
+        data = f.read()
+    out.write(data + bytes(align_up(len(data), BLOCK) - len(data)))
+    written = align_up(len(data), BLOCK)
+    block = bytearray(8 << 20)
+    for p in index.partitions:
+        with open(os.path.join(directory, p.file), "rb") as f:
+            left = p.size
+            while left:
+                n = f.readinto(memoryview(block)[:min(left, len(block))])
+                if not n:
+                    raise PartitionSizeError(f"{directory}/{p.file}: partition truncated")
+                out.write(memoryview(block)[:n])
+                left -= n
+                written += n
+    return written
+
+
+def verify(path: str | os.PathLike, *, threads: int | None = None,
+           progress: Callable[[int, int], None] | None = None,
+           stats: LoadStats | None = None) -> Index:
+    """Check every chunk of every partition against its CRC-32; the index when all match.
+
+    Needs no framework and only one chunk of memory per thread.
+    """
+    with open_source(path) as source:
+        n = threads or default_threads(source)
+        local = threading.local()
+        size = source.index.chunk_size
+
+        def scratch(c: Chunk):
+            if not hasattr(local, "buf"):
+                local.buf = allocate(size)
+            return local.buf[:c.length]
+
+        read_chunks(source, scratch, threads=n, verify=True,
+                    progress=Progress(progress, source.index.total_bytes), stats=stats)
+        return source.index
+
+
+def _host_buffer(nbytes: int, pool: HostPool | None):
+    try:
+        return pool.acquire(nbytes) if pool is not None else allocate(nbytes)
+    except (OSError, OverflowError, ValueError) as exc:
+        raise CheckpointIOError(getattr(exc, "errno", 0) or 0, f"cannot allocate a host "
+                                f"buffer of {nbytes} bytes: {exc}") from exc
+
+
+def _as_tensor(buf) -> torch.Tensor:
+    if not buf.nbytes:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(buf, dtype=torch.uint8)  # holds buf: one storage, one owner
+
+
+def _check_crc(index: Index, c: Chunk, view) -> None:
+    if native.crc32(view) != c.crc:
+        raise ChecksumError(f"stream: {index.partitions[c.partition].file} bytes "
+                            f"[{c.offset}, {c.offset + c.length}) fail their CRC-32")
+
+
+def _read_stream(stream, n: int, what: str) -> bytes:
+    buf = bytearray(n)
+    _readinto_stream(stream, memoryview(buf), what)
+    return bytes(buf)
+
+
+def _readinto_stream(stream, view, what: str) -> None:
+    view = memoryview(view).cast("B")
+    got = 0
+    while got < view.nbytes:
+        try:
+            if hasattr(stream, "readinto"):
+                n = stream.readinto(view[got:])
+            else:
+                data = stream.read(view.nbytes - got)
+                n = len(data)
+                view[got:got + n] = data
+        except OSError as exc:
+            raise CheckpointIOError(exc.errno, f"stream: reading {what} failed: {exc}") from exc
+        if not n:
+            raise PartitionSizeError(f"stream: {what} truncated after {got} of {view.nbytes} "
+                                     f"bytes")
+        got += n
+

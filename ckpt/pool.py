@@ -1,0 +1,193 @@
+"""A long-lived pool of aligned, pre-faulted host buffers that loads borrow and give back.
+
+Buffers are anonymous mmaps (page aligned, so O_DIRECT reads land in them directly), rounded
+up to 2 MiB and advised onto transparent huge pages. They are made on demand, never up front
+(`reserve` warms one ahead of a load when the caller wants), faulted in once with
+MAP_POPULATE, and pinned for DMA (cudaHostRegister) only when `pin` says so, which by
+default means an accelerator is present. The pool never holds more than `capacity` bytes: a
+request that does not fit after dropping idle buffers gets a plain, unpooled buffer instead.
+
+A borrowed buffer is a numpy uint8 array; it goes back to the pool by itself when the array
+(and so every tensor viewing it) is garbage. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SLAB", "HostPool", "PoolStats", "allocate"]
+
+SLAB = 2 << 20  # size granule: one transparent huge page
+
+
+@dataclass
+class PoolStats:
+    allocated: int = 0  # bytes held by the pool, in use or idle
+    in_use: int = 0  # bytes lent out right now
+    hits: int = 0  # requests served by an idle buffer
+    misses: int = 0  # requests that made a new buffer
+    overflows: int = 0  # requests served outside the pool (would exceed capacity)
+
+
+class _Slab:
+    def __init__(self, size: int, populate: bool):
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        if populate and hasattr(mmap, "MAP_POPULATE"):
+            flags |= mmap.MAP_POPULATE
+        self.mem = mmap.mmap(-1, size, flags=flags)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self.mem.madvise(mmap.MADV_HUGEPAGE)
+        self.size = size
+        self.pinned = False
+
+
+class HostPool:
+    """Reusable host buffers for loads. capacity: the most bytes the pool may hold."""
+
+    def __init__(self, capacity: int, *, pin: bool | None = None, populate: bool = True):
+        if capacity < 0:
+            raise ValueError(f"capacity must not be negative, got {capacity}")
+        self.capacity = capacity
+        self.pin = _accelerator_present() if pin is None else pin
+        self._populate = populate
+        self._lock = threading.Lock()
+        self._idle: list[_Slab] = []
+        self._stats = PoolStats()
+        self._closed = False
+
+    @property
+    def stats(self) -> PoolStats:
+        with self._lock:
+            return PoolStats(**vars(self._stats))
+
+    def acquire(self, nbytes: int) -> np.ndarray:
+        """A writable, page-aligned uint8 array of nbytes; back to the pool when garbage."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes must not be negative, got {nbytes}")
+        size = max(SLAB, -(-nbytes // SLAB) * SLAB)
+        with self._lock:
+            slab = self._take_idle(nbytes)
+            if slab is None:
+                if self._closed or not self._make_room(size):
+                    self._stats.overflows += 1
+                    return allocate(nbytes)
+                self._stats.misses += 1
+                self._stats.allocated += size
+                self._stats.in_use += size
+        if slab is None:
+            try:
+                slab = self._new_slab(size)
+            except BaseException:
+                with self._lock:
+                    self._stats.allocated -= size
+                    self._stats.in_use -= size
+                raise
+        array = np.frombuffer(slab.mem, dtype=np.uint8, count=nbytes)
+        weakref.finalize(array, self._release, slab)
+        return array
+
+    def reserve(self, nbytes: int) -> None:
+        """Make (and fault in) an idle buffer of at least nbytes now, ahead of a load."""
+        self.acquire(nbytes)  # dropped at once: the buffer goes straight back, idle
+
+    def trim(self) -> int:
+        """Unmap every idle buffer; the bytes given back to the OS."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            freed = sum(s.size for s in idle)
+            self._stats.allocated -= freed
+        for slab in idle:
+            _free(slab)
+        return freed
+
+    def close(self) -> None:
+        """Give idle memory back; buffers still lent are freed when their arrays die."""
+        with self._lock:
+            self._closed = True
+        self.trim()
+
+    # -- internals (called with the lock held unless said otherwise) ---------------------
+
+    def _take_idle(self, nbytes: int) -> _Slab | None:
+        fits = [s for s in self._idle if s.size >= nbytes and s.size <= 2 * max(nbytes, SLAB)]
+        if not fits:
+            return None
+        slab = min(fits, key=lambda s: s.size)
+        self._idle.remove(slab)
+        self._stats.hits += 1
+        self._stats.in_use += slab.size
+        return slab
+
+    def _make_room(self, size: int) -> bool:
+        if size > self.capacity:
+            return False
+        self._idle.sort(key=lambda s: s.size)
+        while self._idle and self._stats.allocated + size > self.capacity:
+            slab = self._idle.pop()
+            self._stats.allocated -= slab.size
+            _free(slab)
+        return self._stats.allocated + size <= self.capacity
+
+    def _new_slab(self, size: int) -> _Slab:  # without the lock: faulting takes a while
+        slab = _Slab(size, self._populate)
+        if self.pin:
+            slab.pinned = _pin(slab)
+        return slab
+
+    def _release(self, slab: _Slab) -> None:
+        with self._lock:
+            self._stats.in_use -= slab.size
+            if not self._closed:
+                self._idle.append(slab)
+                return
+            self._stats.allocated -= slab.size
+        _free(slab)
+
+
+def allocate(nbytes: int) -> np.ndarray:
+    """A fresh page-aligned uint8 array of nbytes outside any pool (freed when garbage)."""
+    mem = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if nbytes >= SLAB and hasattr(mmap, "MADV_HUGEPAGE"):
+        mem.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(mem, dtype=np.uint8, count=nbytes)
+
+
+def _free(slab: _Slab) -> None:
+    if slab.pinned:
+        _unpin(slab)
+        slab.pinned = False
+    try:
+        slab.mem.close()
+    except BufferError:
+        pass  # a dying array still exports it: the mapping goes when that export does
+
+
+def _accelerator_present() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _pin(slab: _Slab) -> bool:
+    """Page-lock the slab for DMA; False (left pageable) when CUDA refuses."""
+    import torch
+
+    from bas import native
+
+    ptr = native.address_of(slab.mem)
+    return int(torch.cuda.cudart().cudaHostRegister(ptr, slab.size, 0)) == 0
+
+
+def _unpin(slab: _Slab) -> None:
+    import torch
+
+    from bas import native
+
+    torch.cuda.cudart().cudaHostUnregister(native.address_of(slab.mem))

@@ -1,0 +1,89 @@
+"""Kill a save at every file-system call: afterwards the old or the new checkpoint loads, whole.
+
+A forked child runs ckpt.save and dies (os._exit, no clean-up) at its k-th call to one of the
+functions below, for k = 1, 2, ... until a save completes. After each death the parent loads
+the path (which must give exactly the old or exactly the new tensors, never a mix and never
+an error other than "no checkpoint" for a first save), then runs the recovery a next save
+runs and checks the same checkpoint is still there, with no leftovers beside it.
+"""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+import ckpt
+from ckpt import atomic
+from ckpt.source import index_ok
+
+CALLS = [(os, "write"), (os, "fsync"), (os, "rename"), (os, "mkdir"), (os, "open"),
+         (os, "close"), (os, "unlink"), (os, "rmdir"), (atomic, "_rename_exchange")]
+OPTIONS = {"chunk_size": 4096, "partition_size": 8192, "alignment": 256}
+OLD = {"a": torch.arange(3000, dtype=torch.int32), "b": torch.ones(5)}
+NEW = {"c": torch.full((2500,), 7, dtype=torch.int64), "a": torch.zeros(10), "d": torch.eye(3)}
+
+
+def _save_dying_at(k: int, sd, path: str, exchange: bool) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            count = [0]
+
+            def dying(fn):
+                def call(*args, **kwargs):
+                    count[0] += 1
+                    if count[0] == k:
+                        os._exit(77)
+                    return fn(*args, **kwargs)
+                return call
+
+            for module, name in CALLS:
+                setattr(module, name, dying(getattr(module, name)))
+            if not exchange:
+                atomic._rename_exchange = lambda a, b: False
+            ckpt.save(sd, path, **OPTIONS)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _state(path: str):
+    try:
+        out = ckpt.load(path, threads=1)
+    except ckpt.NotACheckpointError:
+        return "absent"
+    for name, sd in (("old", OLD), ("new", NEW)):
+        if list(out) == list(sd) and all(torch.equal(out[k], sd[k]) for k in sd):
+            return name
+    raise AssertionError(f"a mix of old and new: {sorted(out)}")
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "rename-aside"])
+@pytest.mark.parametrize("first", [False, True], ids=["replace", "first-save"])
+def test_a_crash_at_any_call_leaves_old_or_new(tmp_path, exchange, first):
+    path = str(tmp_path / "m")
+    seen = set()
+    for k in range(1, 400):
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+        if not first:
+            ckpt.save(OLD, path, **OPTIONS)
+        code = _save_dying_at(k, NEW, path, exchange)
+        state = _state(path)
+        seen.add(state)
+        assert state in (("absent", "new") if first else ("old", "new")), (k, state)
+        atomic.recover(path, index_ok)
+        assert _state(path) == state, k
+        assert os.listdir(tmp_path) == ([] if state == "absent" else ["m"]), k
+        if code == 0:
+            assert state == "new"
+            break
+        assert code == 77, f"the child failed at call {k} without being killed"
+    else:
+        pytest.fail("the save never completed")
+    assert seen == ({"absent", "new"} if first else {"old", "new"})
+    assert k > 20  # every call of a save was a crash point
