@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -62,11 +63,14 @@ def _arrow_records(inp):
 
 
 def _write_binary_column(column, out):
-    col = column.combine_chunks()
-    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64 if "large" in str(col.type)
-                            else np.int32)
-    start, end = int(offsets[col.offset]), int(offsets[col.offset + len(col)])
-    _write(out, memoryview(col.buffers()[2])[start:end])
+    """Write a binary column's values back to back, chunk by chunk (no 2 GiB concat limit)."""
+    with open(out, "wb") as f:
+        for chunk in column.chunks:
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if "large" in
+                                    str(chunk.type) else np.int32)
+            start = int(offsets[chunk.offset])
+            end = int(offsets[chunk.offset + len(chunk)])
+            f.write(memoryview(chunk.buffers()[2])[start:end])
     _sync(out)
 
 
@@ -136,22 +140,68 @@ PRELOAD = {"wiscsort": ["bas.sort"], "wiscsort-piped": ["bas.sort"],
            "polars": ["polars", "pyarrow"], "floor": ["bas"]}
 
 
+def _rss_anon(pid: str) -> int:
+    """Anonymous resident bytes of a process: what it allocated, not page cache it mapped."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: str) -> list[str]:
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += f.read().split()
+    except OSError:
+        pass
+    return kids
+
+
+class AnonSampler:
+    """Samples the anonymous RSS of this process and its children every 20 ms; keeps the peak."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        me = str(os.getpid())
+        while not self._stop.wait(0.02):
+            total = _rss_anon(me) + sum(_rss_anon(k) for k in _children(me))
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def main() -> int:
     name, inp, out, budget, threads, tmp = sys.argv[1:7]
     if os.path.exists(out):
         os.unlink(out)
     for module in PRELOAD.get(name, []):
         __import__(module)
+    sampler = AnonSampler()
     t0 = time.perf_counter()
     extra = IMPLS[name](inp, out, int(budget), int(threads), tmp)
     seconds = time.perf_counter() - t0
+    peak_anon = sampler.stop()
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     # ru_oublock: 512-byte blocks this process and its children sent to file systems (temporary
     # files included), so a tool's run files count as well as its output
     io_written = (me.ru_oublock + kids.ru_oublock) * 512
     print(json.dumps(dict(seconds=seconds, peak_rss=max(me.ru_maxrss, kids.ru_maxrss) * 1024,
-                          io_bytes_written=io_written, **extra)))
+                          peak_anon=peak_anon, io_bytes_written=io_written, **extra)))
     return 0
 
 
