@@ -148,7 +148,9 @@ class FileDevice(Device):
             # a random gather must not read ahead megabytes (read_ahead_kb) it will not use.
             # The advice is a hint: racing batches of both kinds cost speed, never bytes.
             in_order = len(req) < 2 or bool(np.all(req.offsets[1:] >= req.offsets[:-1]))
-            advice = mmap.MADV_NORMAL if in_order else mmap.MADV_RANDOM
+            # a random gather that touches most pages anyway is cheaper with readahead too
+            dense = len(req) * mmap.PAGESIZE >= self._len // 2
+            advice = mmap.MADV_NORMAL if in_order or dense else mmap.MADV_RANDOM
             if advice != self._advice:
                 self._map.madvise(advice)
                 self._advice = advice
