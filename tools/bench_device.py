@@ -44,15 +44,22 @@ def _make_cold(dev, ctx: Context) -> None:
 
 
 def _record(name: str, dev, ctx: Context, t: Timer, read: int = 0, written: int = 0, **extra):
+    virtual = None if t.clock0 is None else dev.clock - t.clock0
     return dict(workload=name, device=dev.url, is_pmem=dev.is_pmem, direct_io=dev.direct_io,
                 size=dev.size, threads=ctx.threads, cold=ctx.cold, seconds=t.seconds,
                 bytes=read + written, bytes_read=read, bytes_written=written,
-                virtual_seconds=getattr(dev, "clock", None), **extra)
+                virtual_seconds=virtual, **extra)
 
 
-def _reset_clock(dev) -> None:
-    if hasattr(dev, "reset_clock"):
-        dev.reset_clock()
+class _Timed(Timer):
+    """Wall time, and modelled time on emulated devices (their clock's advance)."""
+
+    def __init__(self, dev):
+        self.dev = dev
+
+    def __enter__(self):
+        self.clock0 = self.dev.clock
+        return super().__enter__()
 
 
 @workload("seq-read", "device")
@@ -64,8 +71,7 @@ def seq_read(ctx: Context):
         out = np.empty(min(len(offsets), 64) * CHUNK, dtype=np.uint8)
         for _ in range(ctx.repeat):
             _make_cold(dev, ctx)
-            _reset_clock(dev)
-            with Timer() as t:
+            with _Timed(dev) as t:
                 for i in range(0, len(offsets), 64):
                     part = offsets[i:i + 64]
                     dev.read_many(part, CHUNK, out[:len(part) * CHUNK], threads=ctx.threads)
@@ -79,8 +85,7 @@ def seq_write(ctx: Context):
         offsets = np.arange(dev.size // CHUNK) * CHUNK
         data = np.random.default_rng(1).integers(0, 256, 64 * CHUNK, dtype=np.uint8)
         for _ in range(ctx.repeat):
-            _reset_clock(dev)
-            with Timer() as t:
+            with _Timed(dev) as t:
                 for i in range(0, len(offsets), 64):
                     part = offsets[i:i + 64]
                     dev.write_many(part, CHUNK, data[:len(part) * CHUNK], threads=ctx.threads)
@@ -100,8 +105,7 @@ def _random_read(name: str, length: int, ctx: Context):
         out = np.empty(RANDOM_OPS * length, dtype=np.uint8)
         for _ in range(ctx.repeat):
             _make_cold(dev, ctx)
-            _reset_clock(dev)
-            with Timer() as t:
+            with _Timed(dev) as t:
                 dev.read_many(offsets, length, out, threads=ctx.threads)
             yield _record(name, dev, ctx, t, read=RANDOM_OPS * length, ops=RANDOM_OPS)
 
@@ -131,10 +135,9 @@ def mixed(ctx: Context):
         threads = max(1, ctx.threads // 2)
         for _ in range(ctx.repeat):
             _make_cold(dev, ctx)
-            _reset_clock(dev)
             writer = threading.Thread(target=dev.write_many, args=(w_offsets, CHUNK, data),
                                       kwargs={"threads": threads})
-            with Timer() as t:
+            with _Timed(dev) as t:
                 with dev.overlap():  # emulated devices charge the interference
                     writer.start()
                     dev.read_many(offsets, 4096, out, threads=threads)
