@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from bas import open_device
 from bas.sort import sort
-from tests.sortcheck import random_records, stable_model
+from tests.sortcheck import assert_valsorted, random_records, stable_model
 
 ALGOS = ["kv", "kv-external", "mergesort"]
 SCHEDULES = ["staged", "piped", "rsw"]
@@ -49,6 +49,8 @@ def test_sort_matches_stable_model(tmp_path_factory, case, algorithm, schedule, 
         assert "too small" in str(exc)
         return
     assert (tmp / "out").read_bytes() == stable_model(data, record_size, 0, key_size)
+    if record_size == 100 and key_size == 10:
+        assert_valsorted(src, tmp / "out")
     assert report.records == n
     assert sorted(p.name for p in tmp.iterdir()) == ["in", "out"], "temporary files left"
 
