@@ -30,8 +30,10 @@ class Phase:
     """What one phase does: requests of one kind, issued `threads` at a time by native code.
 
     lengths: one int for every request or an array. data (writes): the packed bytes of all
-    requests; None writes a filler pattern. sink (reads): called as sink(offsets, lengths, view)
-    with each batch's packed bytes before the buffer is reused. persist (writes): persist()
+    requests; None writes a filler pattern. out (reads): a writable buffer for the packed bytes
+    of all requests (read in place, no copy); None reads into a reused batch buffer. sink
+    (reads): called as sink(offsets, lengths, view) with each batch's packed bytes before the
+    buffer is reused. persist (writes): persist()
     at the end, inside the timing. Batches move at most batch_bytes (and batch_requests when
     given; otherwise they grow from a few requests per thread). max_seconds: stop after the
     batch that passes this much wall time (the result says how much was done).
@@ -42,6 +44,7 @@ class Phase:
     lengths: np.ndarray | int
     threads: int = 1
     data: object = None
+    out: object = None
     sink: Callable | None = None
     persist: bool = False
     batch_bytes: int = 64 << 20
@@ -170,6 +173,9 @@ def _run(device: Device, phase: Phase, *, use_clock: bool) -> PhaseResult:
     ends = (np.arange(1, offsets.size + 1, dtype=np.uint64) * np.uint64(phase.lengths)
             if uniform else np.cumsum(lengths, dtype=np.uint64))
     total = int(ends[-1]) if offsets.size else 0
+    into = None if phase.out is None else memoryview(phase.out).cast("B")
+    if into is not None and into.nbytes < total:
+        raise ValueError(f"phase out holds {into.nbytes} bytes, the reads need {total}")
     buffer = _buffer(min(total, phase.batch_bytes), device.alignment, phase)
     clock0 = device.clock if use_clock else None
     start = time.perf_counter()
@@ -184,6 +190,8 @@ def _run(device: Device, phase: Phase, *, use_clock: bool) -> PhaseResult:
         batch_lengths = phase.lengths if uniform else lengths[done:stop]
         view = buffer[:nbytes] if nbytes <= buffer.nbytes else _buffer(nbytes, device.alignment,
                                                                          phase)
+        if into is not None:
+            view = into[base:base + nbytes]
         if phase.kind == "read":
             device.read_many(offsets[done:stop], batch_lengths, view, threads=phase.threads)
             if phase.sink is not None:
@@ -208,6 +216,8 @@ def _run(device: Device, phase: Phase, *, use_clock: bool) -> PhaseResult:
 
 def _buffer(nbytes: int, alignment: int, phase: Phase) -> np.ndarray:
     """A reusable batch buffer, aligned for O_DIRECT devices; filler bytes for writes."""
+    if phase.out is not None or phase.data is not None:
+        nbytes = 0  # the caller's buffer is used instead
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
     skip = (-raw.ctypes.data) % alignment
     buf = raw[skip:skip + nbytes]

@@ -19,6 +19,7 @@ import numpy as np
 
 from bas import native
 from bas.device import Device
+from bas.phase import run_phase, sequential_phase
 from bas.sort.plan import Plan
 from bas.sort.report import Tracker
 
@@ -105,16 +106,18 @@ def run_algorithm(job: Job) -> None:
 # -- sequential I/O helpers --------------------------------------------------------------
 
 def _seq_read(job: Job, dev: Device, offset: int, out: np.ndarray, threads: int) -> None:
-    pieces = np.arange(offset, offset + out.nbytes, IO_PIECE, dtype=np.uint64)
-    lengths = np.minimum(IO_PIECE, offset + out.nbytes - pieces)
-    dev.read_many(pieces, lengths, out, threads=threads)
+    """Read [offset, offset + len(out)) in IO_PIECE requests with the phase runner."""
+    run_phase(dev, sequential_phase("read", offset, out.nbytes, chunk=IO_PIECE, out=out,
+                                    threads=threads, batch_bytes=max(1, out.nbytes),
+                                    batch_requests=max(1, -(-out.nbytes // IO_PIECE))))
     job.track.read(dev, out.nbytes)
 
 
 def _seq_write(job: Job, dev: Device, offset: int, data: np.ndarray, threads: int) -> None:
-    pieces = np.arange(offset, offset + data.nbytes, IO_PIECE, dtype=np.uint64)
-    lengths = np.minimum(IO_PIECE, offset + data.nbytes - pieces)
-    dev.write_many(pieces, lengths, data, threads=threads)
+    """Write data at offset in IO_PIECE requests with the phase runner."""
+    run_phase(dev, sequential_phase("write", offset, data.nbytes, chunk=IO_PIECE, data=data,
+                                    threads=threads, batch_bytes=max(1, data.nbytes),
+                                    batch_requests=max(1, -(-data.nbytes // IO_PIECE))))
     job.track.wrote(dev, data.nbytes)
 
 
