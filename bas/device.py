@@ -68,8 +68,11 @@ class Device:
     persistent: bool = False
     #: loads and stores of single bytes are native (no block read-modify-write below us)
     byte_addressable: bool = False
-    #: backed by persistent memory through PMDK
+    #: backed by persistent memory through PMDK (a pmemobj pool)
     is_pmem: bool = False
+    #: the media really is persistent memory (pmem_is_pmem): persists are cache flushes, not
+    #: msync; false for a pool on an ordinary file system (report it beside benchmark figures)
+    media_is_pmem: bool = False
     #: I/O bypasses the page cache (O_DIRECT)
     direct_io: bool = False
     #: bytes the media moves for the smallest access (Optane 256, a flash page 4096)

@@ -35,6 +35,10 @@ class WrapperDevice(Device):
         return self.inner.is_pmem
 
     @property
+    def media_is_pmem(self) -> bool:  # type: ignore[override]
+        return self.inner.media_is_pmem
+
+    @property
     def direct_io(self) -> bool:  # type: ignore[override]
         return self.inner.direct_io
 

@@ -45,7 +45,8 @@ def _make_cold(dev, ctx: Context) -> None:
 
 def _record(name: str, dev, ctx: Context, t: Timer, read: int = 0, written: int = 0, **extra):
     virtual = None if t.clock0 is None else dev.clock - t.clock0
-    return dict(workload=name, device=dev.url, is_pmem=dev.is_pmem, direct_io=dev.direct_io,
+    return dict(workload=name, device=dev.url, is_pmem=dev.is_pmem,
+                media_is_pmem=dev.media_is_pmem, direct_io=dev.direct_io,
                 size=dev.size, threads=ctx.threads, cold=ctx.cold, seconds=t.seconds,
                 bytes=read + written, bytes_read=read, bytes_written=written,
                 virtual_seconds=virtual, **extra)

@@ -124,6 +124,8 @@ def make_plan(device, n: int, record_size: int, key_size: int, budget: int,
                          f"items (need at least {reserve + 2 * per_record} bytes)")
     if schedule == "piped" and algorithm != "kv":
         chunk //= 3  # a chunk each being read, sorted and written, plus one queued
+    if schedule == "rsw" and algorithm != "kv":
+        chunk //= max(1, sort_t)  # every thread holds a chunk of its own
     return Plan(algorithm, reason, max(1, read_t), max(1, write_t), max(1, sort_t),
                 max(1, min(n, chunk)), gather, budget, cheap,
                 cheap and record_size >= 2 * device.granularity, gather_t)

@@ -103,13 +103,9 @@ def _form(job: Job, chunks, one, dev: Device, item: int, read) -> None:
     if job.schedule == "rsw":
         # every thread reads, sorts and writes its own chunks: reads and writes interleave
         threads = job.plan.sort_threads
-        small = max(1, job.plan.chunk_records // threads)
-        pieces = [(s, min(small, job.n - s)) for s in range(0, job.n, small)]
         with job.track.phase("read-sort-write", "mixed", threads, job.n * item), \
                 job.overlap(job.src, dev):
-            parallel_chunks(job, pieces, lambda c, slot: one(c, slot, 1))
-        # rsw's smaller chunks make more runs: the caller's run list must match them
-        job.plan.chunk_records = small
+            parallel_chunks(job, chunks, lambda c, slot: one(c, slot, 1))
         return
     if job.schedule == "piped" and read is not None:
         _form_piped(job, chunks, dev, item, read)
