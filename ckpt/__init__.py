@@ -2,10 +2,13 @@
 
     ckpt.save(model.state_dict(), "model.ckpt")
     tensors = ckpt.load("model.ckpt", "cpu")            # zero-copy views of one buffer
+    store = ckpt.Store([ckpt.DramTier(8 << 30), ckpt.DiskTier("/nvme/ckpt", 100 << 30)])
     ckpt.load_into(model_on_meta, "model.ckpt")         # assign, re-tie, buffers
 """
 
 from ckpt.convert import convert
+from ckpt.disk import DiskTier
+from ckpt.dram import DramTier
 from ckpt.errors import (
     AliasError,
     BadMagicError,
@@ -32,7 +35,9 @@ from ckpt.loader import load, load_from, load_stream, pack, verify
 from ckpt.modules import init_empty, load_into, load_transformers
 from ckpt.pool import HostPool, PoolStats
 from ckpt.reader import LoadStats
+from ckpt.remote import RemoteTier
 from ckpt.source import Source, open_source, packed_source, read_index
+from ckpt.store import Loaded, Store
 from ckpt.tensors import save
 from ckpt.writer import Writer
 
@@ -44,6 +49,8 @@ __all__ = [
     "CheckpointIOError",
     "ChecksumError",
     "ConvertError",
+    "DiskTier",
+    "DramTier",
     "FormatError",
     "HostPool",
     "Index",
@@ -52,15 +59,18 @@ __all__ = [
     "LayoutError",
     "LengthMismatchError",
     "LoadStats",
+    "Loaded",
     "MissingPartitionError",
     "NotACheckpointError",
     "Partition",
     "PartitionNameError",
     "PartitionSizeError",
     "PoolStats",
+    "RemoteTier",
     "SchemaError",
     "ShapeError",
     "Source",
+    "Store",
     "TensorEntry",
     "UnsupportedDtypeError",
     "UnsupportedVersionError",

@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from bas import native
+from ckpt.crc import crc32
 from ckpt.errors import CheckpointIOError, ChecksumError, PartitionSizeError
 from ckpt.format import BLOCK, HEADER_SIZE, INDEX_FILE, Index, align_up, decode_header
 from ckpt.pool import HostPool, allocate
@@ -34,7 +35,8 @@ from ckpt.reader import (
 from ckpt.source import Source, open_source, read_index, resolve_dir
 from ckpt.tensors import views
 
-__all__ = ["load", "load_from", "load_stream", "pack", "verify"]
+__all__ = ["as_tensor", "load", "load_from", "load_stream", "pack", "read_host", "read_packed",
+           "verify"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -80,16 +82,41 @@ def load_from(source: Source, device: str | torch.device = "cpu", *,
         flat = read_to_cuda(source, dev, threads=threads, verify=verify, progress=tracker,
                             stats=stats, pool=pool)
     elif dev.type == "cpu":
-        buf = _host_buffer(index.total_bytes, pool)
-        read_chunks(source, lambda c: buf[c.position:c.position + c.length], threads=threads,
-                    verify=verify, progress=tracker, stats=stats)
-        flat = _as_tensor(buf)
+        flat = as_tensor(_read_host(source, threads, verify, tracker, pool, stats))
     else:
         raise ValueError(f"load: device {dev} is not supported (use 'cpu' or 'cuda[:N]')")
     tensors = views(index, flat)
     if stats is not None:
         stats.seconds = time.perf_counter() - start
     return tensors
+
+
+def read_host(source: Source, *, threads: int | None = None, verify: bool | None = None,
+              progress: Callable[[int, int], None] | None = None,
+              pool: HostPool | None = None, stats: LoadStats | None = None,
+              profile=None) -> np.ndarray:
+    """Every partition of source, back to back, in one page-aligned host buffer (for tiers).
+
+    The buffer (a uint8 array, borrowed from pool when given) is what `load_from` wraps:
+    `ckpt.tensors.views(source.index, as_tensor(buf))` gives the tensors.
+    """
+    start = time.perf_counter()
+    if stats is not None:
+        stats.direct = source.direct
+    buf = _read_host(source, threads or default_threads(source, profile),
+                     True if verify is None else bool(verify),
+                     Progress(progress, source.index.total_bytes), pool, stats)
+    if stats is not None:
+        stats.seconds = time.perf_counter() - start
+    return buf
+
+
+def _read_host(source: Source, threads: int, verify: bool, tracker: Progress,
+               pool: HostPool | None, stats: LoadStats | None) -> np.ndarray:
+    buf = _host_buffer(source.index.total_bytes, pool)
+    read_chunks(source, lambda c: buf[c.position:c.position + c.length], threads=threads,
+                verify=verify, progress=tracker, stats=stats)
+    return buf
 
 
 def load_stream(stream, device: str | torch.device = "cpu", *, verify: bool | None = None,
@@ -103,6 +130,30 @@ def load_stream(stream, device: str | torch.device = "cpu", *, verify: bool | No
     more than max_bytes of data (when given) is refused before anything is allocated.
     """
     start = time.perf_counter()
+    index, buf = read_packed(stream, verify=verify, progress=progress, pool=pool, stats=stats,
+                             max_bytes=max_bytes)
+    flat = as_tensor(buf)
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        flat = flat.to(dev)
+    tensors = views(index, flat)
+    if stats is not None:
+        stats.seconds = time.perf_counter() - start
+    return tensors
+
+
+def read_packed(stream, *, verify: bool | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                pool: HostPool | None = None, stats: LoadStats | None = None,
+                max_bytes: int | None = None, sink=None) -> tuple[Index, np.ndarray]:
+    """(index, host buffer of every partition) from a packed stream, in one pass.
+
+    sink (for tiers that keep a copy while loading): sink.begin(index_bytes, index) once the
+    index is known and checked against max_bytes, then sink.chunk(partition, offset, view)
+    for every chunk after its CRC-32 passed (when verifying); view is a slice of the returned
+    buffer, so it stays valid and unchanged. The caller commits or aborts the sink.
+    """
+    start = time.perf_counter()
     head = _read_stream(stream, HEADER_SIZE, "stream header")
     _, length, _ = decode_header(head, "stream")
     body = _read_stream(stream, length, "stream index")
@@ -112,6 +163,8 @@ def load_stream(stream, device: str | torch.device = "cpu", *, verify: bool | No
     if max_bytes is not None and index.total_bytes > max_bytes:
         raise PartitionSizeError(f"stream: {index.total_bytes} bytes of data exceed the "
                                  f"limit of {max_bytes}")
+    if sink is not None:
+        sink.begin(head + body, index)
     buf = _host_buffer(index.total_bytes, pool)
     tracker = Progress(progress, index.total_bytes)
     chunks = chunks_of(index)
@@ -122,20 +175,16 @@ def load_stream(stream, device: str | torch.device = "cpu", *, verify: bool | No
         _readinto_stream(stream, view, f"partition {index.partitions[c.partition].file}")
         if verify:
             _check_crc(index, c, view)
+        if sink is not None:
+            sink.chunk(c.partition, c.offset, view)
         tracker.add(c.length)
     if stats is not None:
         stats.read_seconds += time.perf_counter() - read_start
         stats.bytes_read += index.total_bytes + align_up(HEADER_SIZE + length, BLOCK)
         stats.chunks += len(chunks)
         stats.threads, stats.verified = 1, verify
-    flat = _as_tensor(buf)
-    dev = torch.device(device)
-    if dev.type != "cpu":
-        flat = flat.to(dev)
-    tensors = views(index, flat)
-    if stats is not None:
         stats.seconds = time.perf_counter() - start
-    return tensors
+    return index, buf
 
 
 def pack(path: str | os.PathLike, out) -> int:
@@ -194,14 +243,15 @@ def _host_buffer(nbytes: int, pool: HostPool | None):
                                 f"buffer of {nbytes} bytes: {exc}") from exc
 
 
-def _as_tensor(buf) -> torch.Tensor:
+def as_tensor(buf) -> torch.Tensor:
+    """One uint8 tensor over a host buffer; its storage keeps buf alive (one owner)."""
     if not buf.nbytes:
         return torch.empty(0, dtype=torch.uint8)
     return torch.frombuffer(buf, dtype=torch.uint8)  # holds buf: one storage, one owner
 
 
 def _check_crc(index: Index, c: Chunk, view) -> None:
-    if native.crc32(view) != c.crc:
+    if crc32(view) != c.crc:
         raise ChecksumError(f"stream: {index.partitions[c.partition].file} bytes "
                             f"[{c.offset}, {c.offset + c.length}) fail their CRC-32")
 

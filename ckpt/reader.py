@@ -3,7 +3,7 @@
 Each checksummed chunk (index.chunk_size bytes, block aligned) is one task. `threads` workers
 take tasks in load order; a task reads its chunk with the device (native pread, O_DIRECT when
 the source has it, GIL released) straight into its place in the destination, then checks its
-CRC-32 (native, GIL released) while the other workers keep reading: reading and verifying
+CRC-32 (ckpt.crc, GIL released) while the other workers keep reading: reading and verifying
 overlap without a separate stage. The first error stops every worker and is raised.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bas import DeviceError, native
+from ckpt.crc import crc32
 from ckpt.errors import CheckpointIOError, ChecksumError
 from ckpt.format import Index
 from ckpt.source import Source
@@ -99,7 +100,7 @@ def read_chunk(source: Source, chunk: Chunk, view, verify: bool) -> None:
         raise CheckpointIOError(getattr(exc, "errno", 0) or 0,
                                 f"{source.name}: reading {name} at {chunk.offset} failed: "
                                 f"{exc}") from exc
-    if verify and native.crc32(view) != chunk.crc:
+    if verify and crc32(view) != chunk.crc:
         name = source.index.partitions[chunk.partition].file
         raise ChecksumError(f"{source.name}: {name} bytes [{chunk.offset}, "
                             f"{chunk.offset + chunk.length}) fail their CRC-32 (corrupted)")

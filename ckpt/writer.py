@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from bas import native
 from ckpt import atomic
+from ckpt.crc import crc32
 from ckpt.errors import (
     CheckpointError,
     CheckpointIOError,
@@ -97,7 +97,7 @@ class _PartitionFile:
         pos = 0
         while pos < view.nbytes:
             take = min(view.nbytes - pos, self._chunk_size - self._fill)
-            self._crc = native.crc32(view[pos:pos + take], self._crc)
+            self._crc = crc32(view[pos:pos + take], self._crc)
             self._fill += take
             pos += take
             if self._fill == self._chunk_size:

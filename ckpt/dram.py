@@ -1,0 +1,206 @@
+"""The DRAM tier: loaded checkpoints kept in host memory, LRU, handed out as zero-copy views.
+
+An entry is the index and the one host buffer a load filled. A hit costs O(number of
+tensors), never O(bytes): it makes a lease (a numpy view of the cached buffer, no copy),
+wraps it in one new torch storage and slices the tensors out of it. The lease is alive as
+long as any tensor of that hit is, and while an entry has live leases it is pinned: eviction
+skips it, so a buffer that tensors still point at is never dropped and the bytes counted
+against the capacity are the bytes really held. Leases end by themselves when their tensors
+are garbage (weakref.finalize), so callers never have to release anything.
+
+Tensors of a hit share memory with the cache: writing into them changes what later hits
+see (load a private copy with `clone()` when that matters). Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ckpt.format import Index
+from ckpt.loader import as_tensor
+from ckpt.pool import HostPool
+from ckpt.tensors import views
+
+__all__ = ["DramTier", "TENSOR_SECONDS"]
+
+#: time to slice out one tensor view on a hit (measured: ~4 us per tensor, Python + torch)
+TENSOR_SECONDS = 5e-6
+#: host-to-device copy bandwidth assumed for estimates when a hit must go to an accelerator
+COPY_BANDWIDTH = 20e9
+
+
+@dataclass
+class _Entry:
+    index: Index
+    buf: np.ndarray
+    leases: int = 0
+    discarded: bool = False  # out of the cache, still counted until its last lease ends
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.buf.nbytes)
+
+
+class DramTier:
+    """Host-memory cache of loaded checkpoints holding at most `capacity` bytes.
+
+    pool: the HostPool that loads borrow their buffers from (buffers of evicted entries go
+    back to it once no tensor views them). copy_bandwidth: bytes/s of the copy to a
+    non-CPU device, for estimates.
+    """
+
+    kind = "dram"
+
+    def __init__(self, capacity: int, *, name: str = "dram", pool: HostPool | None = None,
+                 copy_bandwidth: float = COPY_BANDWIDTH):
+        if capacity < 0:
+            raise ValueError(f"capacity must not be negative, got {capacity}")
+        self.name = name
+        self.capacity = capacity
+        self.pool = pool
+        self.copy_bandwidth = copy_bandwidth
+        self._lock = threading.RLock()  # finalizers may run inside a locked section
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        self._used = 0
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        """Bytes held by cached entries."""
+        with self._lock:
+            return self._used
+
+    def names(self) -> list[str]:
+        """Cached names, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def holds(self, name: str) -> bool:
+        with self._lock:
+            return name in self._entries
+
+    def pins(self, name: str) -> int:
+        """Live leases of name (0 when not cached): pinned entries are never evicted."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry.leases if entry is not None else 0
+
+    def index(self, name: str) -> Index | None:
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry.index if entry is not None else None
+
+    def estimate(self, nbytes: int, ntensors: int, device: str = "cpu") -> float:
+        """Seconds a hit takes: slicing the views, plus the copy when device is not the CPU."""
+        seconds = ntensors * TENSOR_SECONDS
+        if torch.device(device).type != "cpu":
+            seconds += nbytes / self.copy_bandwidth
+        return seconds
+
+    # -- hits and inserts ----------------------------------------------------------------
+
+    def lookup(self, name: str, device: str | torch.device = "cpu"
+               ) -> dict[str, torch.Tensor] | None:
+        """Tensors of a cached entry as views of its buffer (None on a miss); O(tensors)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                return None
+            self._entries.move_to_end(name)
+            lease = self._lease(entry)
+        return _tensors(entry.index, lease, device)
+
+    def insert(self, name: str, index: Index, buf: np.ndarray,
+               device: str | torch.device = "cpu") -> dict[str, torch.Tensor] | None:
+        """Cache buf (filled by a load) as name and return leased tensors of it.
+
+        None when it cannot fit, even after evicting every unpinned entry: the caller then
+        uses buf uncached. An older entry of the same name is discarded.
+        """
+        with self._lock:
+            if name in self._entries:
+                self.discard(name)
+            if not self._make_room(buf.nbytes):
+                return None
+            entry = _Entry(index, buf)
+            self._entries[name] = entry
+            self._used += entry.nbytes
+            lease = self._lease(entry)
+        return _tensors(index, lease, device)
+
+    def discard(self, name: str) -> None:
+        """Take name out of the cache now, pinned or not (a newer version replaces it).
+
+        A pinned entry's bytes stay counted in `used` until its last tensor is garbage: they
+        are still held, so the capacity stays honest.
+        """
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                return
+            if not entry.leases:
+                self._drop(name)
+                return
+            del self._entries[name]
+            entry.discarded = True
+
+    def evict(self, name: str) -> bool:
+        """Drop name unless it is pinned; whether it is gone."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                return True
+            if entry.leases:
+                return False
+            self._drop(name)
+            return True
+
+    def clear(self) -> int:
+        """Evict every unpinned entry; the bytes freed."""
+        with self._lock:
+            before = self._used
+            for name in [n for n, e in self._entries.items() if not e.leases]:
+                self._drop(name)
+            return before - self._used
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _make_room(self, nbytes: int) -> bool:
+        if nbytes > self.capacity:
+            return False
+        for name in [n for n, e in self._entries.items() if not e.leases]:
+            if self._used + nbytes <= self.capacity:
+                break
+            self._drop(name)
+        return self._used + nbytes <= self.capacity
+
+    def _drop(self, name: str) -> None:
+        entry = self._entries.pop(name)
+        self._used -= entry.nbytes
+
+    def _lease(self, entry: _Entry) -> np.ndarray:
+        lease = entry.buf[:]  # a new array object over the same memory: no copy
+        entry.leases += 1
+        weakref.finalize(lease, self._release, entry)
+        return lease
+
+    def _release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.leases -= 1
+            if entry.discarded and not entry.leases:
+                self._used -= entry.nbytes
+
+
+def _tensors(index: Index, lease: np.ndarray, device) -> dict[str, torch.Tensor]:
+    flat = as_tensor(lease)  # the storage holds the lease: the pin lives as long as a tensor
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        flat = flat.to(dev)  # the lease ends with the host tensor: the copy needs no pin
+    return views(index, flat)

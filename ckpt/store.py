@@ -1,0 +1,328 @@
+"""ckpt.Store: checkpoints by name over a hierarchy of tiers, fastest first.
+
+    store = ckpt.Store([ckpt.DramTier(16 << 30, pool=ckpt.HostPool(16 << 30)),
+                        ckpt.DiskTier("/nvme/ckpt", 500 << 30),
+                        ckpt.RemoteTier("http://models.internal/ckpt")])
+    got = store.load("llama-1b")        # got.tensors, got.tier ("dram", "local", "remote")
+    store.estimate_load_time("llama-1b") # {"dram": 0.001, "local": 0.5, "remote": 1.8}
+
+A load takes the model from the fastest tier that holds it and promotes it into every faster
+tier with room: a remote miss streams the packed object once, loading it into memory and
+writing it into the fastest disk tier at the same time (published only when every chunk
+arrived and passed its CRC), then caches it in DRAM. Disk tiers are caches too: a checkpoint
+is evicted from one only when a slower tier (disk or remote) also holds it, so `put` never
+loses the only copy. Models are named ("llama-1b", "org/model"); an absolute or ./ path to a
+checkpoint directory, or a URL of a packed checkpoint, works as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from ckpt.disk import DiskTier, check_name, disk_bytes
+from ckpt.dram import DramTier
+from ckpt.errors import CheckpointError, NotACheckpointError
+from ckpt.format import DEFAULT_ALIGNMENT, INDEX_FILE, align_up
+from ckpt.loader import as_tensor, read_host, read_packed
+from ckpt.reader import LoadStats
+from ckpt.remote import RemoteTier, open_url
+from ckpt.source import open_source, resolve_dir
+from ckpt.tensors import save, views
+from ckpt.unpack import copy_buffer, copy_dir
+
+__all__ = ["URL_PREFIX", "Loaded", "Store"]
+
+#: names of disk copies of models loaded by URL (the URL is their origin: always evictable)
+URL_PREFIX = "url-"
+
+
+@dataclass
+class Loaded:
+    """What `Store.load` returns: the tensors and where they came from."""
+
+    tensors: dict[str, torch.Tensor]
+    tier: str  # name of the tier that served the bytes ("path" for a plain directory)
+    key: str  # the name the tiers know the model by
+    nbytes: int  # bytes of the checkpoint's data
+    seconds: float
+    stats: LoadStats = field(default_factory=LoadStats)  # bytes_read == 0 on a DRAM hit
+    promoted: list[str] = field(default_factory=list)  # tiers it was copied into
+
+
+@dataclass(frozen=True)
+class _Target:
+    key: str
+    path: str | None = None  # a checkpoint directory outside the tiers
+    url: str | None = None  # a packed checkpoint outside the tiers
+
+
+class Store:
+    """Tiers fastest first: at most one DramTier (first), DiskTiers, then RemoteTiers.
+
+    verify: check CRCs of disk and path loads (default on); remote bytes are always checked
+    unless verify is False.
+    """
+
+    def __init__(self, tiers: Sequence, *, verify: bool | None = None):
+        self.tiers = list(tiers)
+        kinds = [t.kind for t in self.tiers]
+        if kinds != sorted(kinds, key=["dram", "disk", "remote"].index) or kinds.count(
+                "dram") > 1:
+            raise ValueError(f"tiers must be: at most one dram, then disks, then remotes; got "
+                             f"{kinds}")
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        self.dram: DramTier | None = self.tiers[0] if kinds[:1] == ["dram"] else None
+        self.disks: list[DiskTier] = [t for t in self.tiers if t.kind == "disk"]
+        self.remotes: list[RemoteTier] = [t for t in self.tiers if t.kind == "remote"]
+        self.verify = verify
+        self._lock = threading.Lock()
+        self._flights: dict[str, threading.Lock] = {}
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load(self, model: str | os.PathLike, device: str | torch.device = "cpu", *,
+             progress: Callable[[int, int], None] | None = None) -> Loaded:
+        """The model's tensors from the fastest tier holding it; promoted into faster tiers.
+
+        NotACheckpointError when no tier holds it. Tensors of a DRAM hit are zero-copy views
+        of the cached buffer (a hit reads no bytes and costs O(number of tensors)).
+        """
+        start = time.perf_counter()
+        target = _target(model)
+        hit = self._hit(target.key, device, start)
+        if hit is not None:
+            return hit
+        with self._flight(target.key):
+            hit = self._hit(target.key, device, start)  # another thread may have loaded it
+            if hit is not None:
+                return hit
+            stats = LoadStats()
+            index, buf, tier, promoted = self._miss(target, stats, progress)
+            tensors = None
+            if self.dram is not None:
+                tensors = self.dram.insert(target.key, index, buf, device)
+                if tensors is not None:
+                    promoted.append(self.dram.name)
+            if tensors is None:
+                flat = as_tensor(buf)
+                if torch.device(device).type != "cpu":
+                    flat = flat.to(device)
+                tensors = views(index, flat)
+        return Loaded(tensors, tier, target.key, index.total_bytes,
+                      time.perf_counter() - start, stats, promoted)
+
+    def _hit(self, key: str, device, start: float) -> Loaded | None:
+        if self.dram is None:
+            return None
+        tensors = self.dram.lookup(key, device)
+        if tensors is None:
+            return None
+        index = self.dram.index(key)
+        nbytes = index.total_bytes if index is not None else 0
+        return Loaded(tensors, self.dram.name, key, nbytes, time.perf_counter() - start)
+
+    def _miss(self, target: _Target, stats: LoadStats, progress):
+        pool = self.dram.pool if self.dram is not None else None
+        verify = self.verify
+        if target.path is not None:
+            with open_source(target.path) as source:
+                buf = read_host(source, verify=verify, progress=progress, pool=pool,
+                                stats=stats)
+            return source.index, buf, "path", []
+        for i, disk in enumerate(self.disks):
+            if not disk.holds(target.key):
+                continue
+            try:
+                with disk.open(target.key) as source:
+                    buf = read_host(source, verify=verify, progress=progress, pool=pool,
+                                    stats=stats, profile=disk.profile)
+                    index_bytes = _index_file(source.name)
+            except NotACheckpointError:
+                continue  # removed behind our back: try the slower tiers
+            promoted = self._promote(target.key, source.index, index_bytes, buf, self.disks[:i])
+            return source.index, buf, disk.name, promoted
+        for remote, opener in self._remote_openers(target):
+            try:
+                with opener() as stream:
+                    return self._download(target.key, stream, remote, stats, progress, pool)
+            except NotACheckpointError:
+                continue
+        raise NotACheckpointError(2, f"{target.path or target.url or target.key}: in none of "
+                                  f"the tiers {[t.name for t in self.tiers]}", target.key)
+
+    def _download(self, key, stream, remote_name, stats, progress, pool):
+        """Stream a packed checkpoint into memory and, at the same time, into the first disk."""
+        sink = self.disks[0].sink(key, self._droppable(0)) if self.disks else None
+        try:
+            index, buf = read_packed(stream, verify=self.verify is not False, progress=progress,
+                                     pool=pool, stats=stats, sink=sink)
+            promoted = [sink.commit()] if sink is not None and sink.active else []
+        except BaseException:
+            if sink is not None:
+                sink.abort()
+            raise
+        return index, buf, remote_name, [p for p in promoted if p]
+
+    def _remote_openers(self, target: _Target):
+        if target.url is not None:
+            yield "url", lambda: open_url(target.url)
+            return
+        for remote in self.remotes:
+            yield remote.name, lambda r=remote: r.open(target.key)
+
+    def _promote(self, key, index, index_bytes, buf, faster: list[DiskTier]) -> list[str]:
+        done = []
+        nbytes = len(index_bytes) + index.total_bytes
+        for disk in faster:
+            i = self.disks.index(disk)
+            if not disk.reserve(nbytes, self._droppable(i)):
+                continue
+            try:
+                copy_buffer(index, index_bytes, buf, disk.path(key))
+            except CheckpointError:
+                disk.unreserve(nbytes)
+                continue  # a failed promotion costs speed later, not this load
+            disk.added(key, nbytes, reserved=nbytes)
+            done.append(disk.name)
+        return done
+
+    # -- storing -------------------------------------------------------------------------
+
+    def put(self, name: str, src, *, tier: str | None = None) -> str:
+        """Store src (a checkpoint directory or a state dict) as name; the tier written.
+
+        tier: a disk or remote tier's name (default: the fastest disk tier). A DRAM entry of
+        the same name is discarded, so later loads see the new version. Raises
+        CheckpointError when the disk tier has no room even after evicting what slower tiers
+        also hold.
+        """
+        if check_name(name).startswith(URL_PREFIX):
+            raise ValueError(f"{name!r}: names starting with {URL_PREFIX!r} are reserved for "
+                             f"models loaded by URL")
+        dest = self._tier(tier) if tier else (self.disks[0] if self.disks else None)
+        if dest is None or dest.kind == "dram":
+            raise ValueError("put needs a disk or remote tier")
+        if self.dram is not None:
+            self.dram.discard(name)
+        if dest.kind == "remote":
+            if isinstance(src, Mapping):
+                raise ValueError("put a state dict into a disk tier first, then upload its "
+                                 "directory to a remote tier")
+            dest.put(name, resolve_dir(src))
+            return dest.name
+        i = self.disks.index(dest)
+        want = _state_bytes(src) if isinstance(src, Mapping) else disk_bytes(resolve_dir(src))
+        with self._flight(name):
+            if not dest.reserve(want, self._droppable(i)):
+                raise CheckpointError(f"{name}: {want} bytes do not fit in tier {dest.name} "
+                                      f"({dest.used} of {dest.capacity} used by checkpoints "
+                                      f"no slower tier holds)")
+            try:
+                if isinstance(src, Mapping):
+                    save(src, dest.path(name))
+                else:
+                    copy_dir(src, dest.path(name))
+            except BaseException:
+                dest.unreserve(want)
+                raise
+            dest.added(name, disk_bytes(dest.path(name)), reserved=want)
+        return dest.name
+
+    def evict(self, model: str, tier: str | None = None) -> None:
+        """Drop the model from the DRAM tier (unless pinned) or from the named tier."""
+        key = _target(model).key
+        target = self._tier(tier) if tier else self.dram
+        if target is None:
+            return
+        if target.kind == "dram":
+            target.evict(key)
+        elif target.kind == "disk":
+            target.remove(key)
+        else:
+            raise ValueError("the store does not delete from remote tiers")
+
+    # -- for the scheduler ---------------------------------------------------------------
+
+    def locate(self, model: str | os.PathLike) -> list[str]:
+        """Names of the tiers that hold the model, fastest first."""
+        key = _target(model).key
+        return [t.name for t in self.tiers if t.holds(key)]
+
+    def estimate_load_time(self, model: str | os.PathLike, device: str = "cpu", *,
+                           nbytes: int | None = None, ntensors: int | None = None
+                           ) -> dict[str, float]:
+        """Estimated seconds to load the model from each tier (fastest tiers first).
+
+        Sizes come from the first tier holding the model (or nbytes/ntensors when none
+        does). A scheduler takes the minimum over `locate(model)`.
+        """
+        if nbytes is None:
+            index = self._index(_target(model))
+            nbytes, ntensors = index.total_bytes, len(index.tensors) + len(index.aliases)
+        ntensors = ntensors if ntensors is not None else max(1, nbytes >> 23)
+        return {t.name: t.estimate(nbytes, ntensors, device) for t in self.tiers}
+
+    def _index(self, target: _Target):
+        if target.path is not None:
+            with open_source(target.path) as source:
+                return source.index
+        for t in self.tiers:
+            if t.holds(target.key):
+                return t.index(target.key)
+        raise NotACheckpointError(2, f"{target.key}: in none of the tiers", target.key)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _tier(self, name: str):
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise ValueError(f"no tier named {name!r}; tiers: {[t.name for t in self.tiers]}")
+
+    def _droppable(self, i: int) -> Callable[[str], bool]:
+        """Whether disk tier i may evict a key: a slower tier holds it, or its URL does."""
+        slower = self.disks[i + 1:] + self.remotes
+        return lambda key: key.startswith(URL_PREFIX) or any(t.holds(key) for t in slower)
+
+    @contextmanager
+    def _flight(self, key: str):
+        with self._lock:
+            lock = self._flights.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+
+def _target(model) -> _Target:
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        raise TypeError(f"a model is a name, a path or a URL, got {type(model).__name__}")
+    if "://" in model:
+        digest = hashlib.sha256(model.encode()).hexdigest()[:20]
+        return _Target(f"{URL_PREFIX}{digest}", url=model)
+    if os.path.isabs(model) or model.startswith(("./", "../")):
+        path = os.path.abspath(model)
+        return _Target(f"path:{path}", path=path)
+    return _Target(check_name(model))
+
+
+def _index_file(directory: str) -> bytes:
+    with open(os.path.join(directory, INDEX_FILE), "rb") as f:
+        return f.read()
+
+
+def _state_bytes(state: Mapping) -> int:
+    """Upper bound of the bytes a state dict takes saved (data, alignment, an index)."""
+    data = sum(align_up(t.numel() * t.element_size(), DEFAULT_ALIGNMENT)
+               for t in state.values() if isinstance(t, torch.Tensor))
+    return align_up(data, 4096) + 4096 + 512 * len(state)

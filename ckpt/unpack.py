@@ -1,0 +1,199 @@
+"""Write a checkpoint directory from bytes that arrive in load order, published atomically.
+
+The sink side of a tier copy: `ckpt.loader.read_packed(stream, sink=Unpacker(path))` keeps a
+local copy of a remote checkpoint while loading it, and `copy_buffer` writes a checkpoint that
+is already in memory (promotion to a faster disk tier). The index file is written first, then
+every chunk is written by a background thread with pwrite while the caller goes on reading:
+the chunk views handed to `chunk` are slices of the loader's final buffer, so they are written
+without a copy. Nothing appears at `path` until `commit`: the files are fsynced and the
+temporary directory renamed into place (ckpt/atomic.py); `abort` (or any error) removes it,
+so an interrupted download never leaves a partial checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import threading
+
+from ckpt import atomic
+from ckpt.errors import CheckpointIOError, PartitionSizeError
+from ckpt.format import INDEX_FILE, Index
+from ckpt.loader import verify
+from ckpt.source import index_ok, read_index, resolve_dir
+
+__all__ = ["Unpacker", "copy_buffer", "copy_dir"]
+
+_QUEUE_DEPTH = 64  # chunks waiting for the writer; each is a view, not a copy
+_STOP = None
+
+
+class Unpacker:
+    """A checkpoint being written at path from its index and chunks; commit() publishes it.
+
+    Not thread-safe: one producer calls begin, chunk (in any order) and commit or abort.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.abspath(os.fspath(path))
+        atomic.recover(self.path, index_ok)  # leftovers of an earlier crash
+        self.tmp, self._token = atomic.temp_dir(self.path)
+        self.index: Index | None = None
+        self._fds: list[int] = []
+        self._written = 0
+        self._queue: queue.Queue = queue.Queue(_QUEUE_DEPTH)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._done = False
+
+    def begin(self, index_bytes: bytes, index: Index) -> None:
+        """Write the index file and create the partition files at their final sizes."""
+        self.index = index
+        _write_file(os.path.join(self.tmp, INDEX_FILE), index_bytes)
+        for p in index.partitions:
+            full = os.path.join(self.tmp, p.file)
+            try:
+                fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise CheckpointIOError(exc.errno, f"creating {full} failed: "
+                                        f"{exc.strerror}") from exc
+            self._fds.append(fd)
+            try:
+                os.ftruncate(fd, p.size)
+            except OSError as exc:
+                raise CheckpointIOError(exc.errno, f"sizing {full} failed: "
+                                        f"{exc.strerror}") from exc
+        self._thread = threading.Thread(target=self._writer, name="ckpt-unpack", daemon=True)
+        self._thread.start()
+
+    def chunk(self, partition: int, offset: int, view) -> None:
+        """Queue view (bytes of partition at offset) for writing; it must stay unchanged."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((partition, offset, memoryview(view).cast("B")))
+
+    def commit(self) -> None:
+        """Wait for the writer, check that every byte arrived, fsync and publish at path."""
+        if self.index is None:
+            raise CheckpointIOError(0, f"{self.path}: nothing to commit (no index received)")
+        self._finish_writer()
+        if self._error is not None:
+            self.abort()
+            raise self._error
+        want = self.index.total_bytes
+        if self._written != want:
+            self.abort()
+            raise PartitionSizeError(f"{self.path}: {self._written} of {want} bytes arrived")
+        try:
+            for fd, p in zip(self._fds, self.index.partitions, strict=True):
+                atomic.fsync_fd(fd, f"{self.tmp}/{p.file}")
+            self._close_files()
+            atomic.commit_dir(self.tmp, self.path, self._token)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        """Stop writing and remove the temporary directory (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        self._finish_writer()
+        self._close_files()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Unpacker:
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+    def _writer(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            if self._error is not None:
+                continue  # drain, so that chunk() never blocks on a dead writer
+            partition, offset, view = item
+            try:
+                _pwrite_all(self._fds[partition], view, offset,
+                            f"{self.tmp}/{self.index.partitions[partition].file}")
+                self._written += view.nbytes
+            except BaseException as exc:  # noqa: B036 - handed to the producer
+                self._error = exc
+
+    def _finish_writer(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def _close_files(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+
+def copy_buffer(index: Index, index_bytes: bytes, buf, path: str | os.PathLike) -> None:
+    """Write a checkpoint held in memory (index + all partitions back to back) at path."""
+    with Unpacker(path) as out:
+        out.begin(index_bytes, index)
+        view = memoryview(buf).cast("B")
+        for i, base in enumerate(index.partition_bases()):
+            size = index.partitions[i].size
+            step = index.chunk_size
+            for off in range(0, size, step):
+                out.chunk(i, off, view[base + off:base + min(off + step, size)])
+        out.commit()
+
+
+def copy_dir(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy the checkpoint directory src to path: every chunk verified, published atomically."""
+    src_dir = resolve_dir(src)
+    index = read_index(src_dir)
+    path = os.path.abspath(os.fspath(path))
+    atomic.recover(path, index_ok)
+    tmp, token = atomic.temp_dir(path)
+    try:
+        for name in [INDEX_FILE] + [p.file for p in index.partitions]:
+            target = os.path.join(tmp, name)
+            try:
+                shutil.copyfile(os.path.join(src_dir, name), target)
+            except OSError as exc:
+                raise CheckpointIOError(exc.errno, f"copying {src_dir}/{name} failed: "
+                                        f"{exc.strerror}") from exc
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                atomic.fsync_fd(fd, target)
+            finally:
+                os.close(fd)
+        verify(tmp)
+        atomic.commit_dir(tmp, path, token)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int, what: str) -> None:
+    done = 0
+    while done < view.nbytes:
+        try:
+            n = os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            raise CheckpointIOError(exc.errno, f"writing {what} at byte {offset + done} "
+                                    f"failed: {exc.strerror}") from exc
+        if n <= 0:
+            raise CheckpointIOError(0, f"writing {what}: the OS wrote nothing")
+        done += n
+
+
+def _write_file(path: str, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise CheckpointIOError(exc.errno, f"creating {path} failed: {exc.strerror}") from exc
+    try:
+        _pwrite_all(fd, memoryview(data), 0, path)
+        atomic.fsync_fd(fd, path)
+    finally:
+        os.close(fd)
