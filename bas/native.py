@@ -62,7 +62,7 @@ def as_requests(offsets, lengths) -> tuple[np.ndarray, np.ndarray | None, int, i
         uniform = int(lengths)
         if uniform < 0:
             raise ValueError(f"length must not be negative, got {uniform}")
-        return offs, None, uniform, uniform * offs.size
+        return offs, None, uniform, request_total(None, uniform, offs.size)
     lraw = np.asarray(lengths)
     if lraw.shape != raw.shape:
         raise ValueError(f"lengths shape {lraw.shape} does not match offsets shape {raw.shape}")
@@ -71,7 +71,41 @@ def as_requests(offsets, lengths) -> tuple[np.ndarray, np.ndarray | None, int, i
     if lraw.size and lraw.dtype.kind == "i" and lraw.min() < 0:
         raise ValueError("lengths must not be negative")
     lens = np.ascontiguousarray(lraw, dtype=np.uint64)
-    return offs, lens, 0, int(lens.sum(dtype=np.uint64)) if lens.size else 0
+    return offs, lens, 0, request_total(lens, 0, offs.size)
+
+
+#: the most bytes one vectored call may move (C adds lengths in 64 bits)
+MAX_TOTAL = (1 << 63) - 1
+
+
+def request_total(lens: np.ndarray | None, uniform: int, n: int) -> int:
+    """Bytes the requests move, computed here (never trusted from a caller), without wrapping."""
+    if lens is None:
+        total = uniform * n
+    elif not lens.size:
+        total = 0
+    elif int(lens.max()) <= MAX_TOTAL // lens.size:  # no uint64 wrap-around possible
+        total = int(lens.sum(dtype=np.uint64))
+    else:
+        total = MAX_TOTAL + 1
+    if total > MAX_TOTAL:
+        raise ValueError(f"the requests move more than {MAX_TOTAL} bytes")
+    return total
+
+
+def _checked_total(offs: np.ndarray, lens, uniform: int, claimed: int) -> int:
+    """The requests' true byte count; a caller's figure that disagrees is refused."""
+    if lens is not None and (lens.dtype != np.uint64 or lens.shape != offs.shape
+                             or not lens.flags.c_contiguous):
+        raise ValueError("lengths must be a contiguous uint64 array shaped like offsets")
+    if offs.dtype != np.uint64 or offs.ndim != 1 or not offs.flags.c_contiguous:
+        raise ValueError("offsets must be a contiguous one-dimensional uint64 array")
+    if lens is None and (not isinstance(uniform, (int, np.integer)) or uniform < 0):
+        raise ValueError(f"uniform length must be a non-negative int, got {uniform!r}")
+    total = request_total(lens, int(uniform), offs.size)
+    if total != claimed:
+        raise ValueError(f"requests move {total} bytes, not the {claimed} given")
+    return total
 
 
 def _check_threads(threads: int) -> int:
@@ -98,6 +132,7 @@ def _effective_uniform(lens: np.ndarray | None, uniform: int, n: int) -> tuple[i
 
 def mem_gather(base, base_len: int, offs, lens, uniform, total, out, threads=1) -> None:
     """Copy pieces [offs[i], offs[i]+len_i) of the region at base into out, packed."""
+    total = _checked_total(offs, lens, uniform, total)
     _check_fit(len(memoryview(out).cast("B")), total, "out")
     _check_region(offs, lens, uniform, base_len)
     uniform, n = _effective_uniform(lens, uniform, offs.size)
@@ -110,6 +145,7 @@ def mem_gather(base, base_len: int, offs, lens, uniform, total, out, threads=1) 
 
 def mem_scatter(base, base_len: int, offs, lens, uniform, total, src, threads=1) -> None:
     """Copy the packed pieces of src into [offs[i], offs[i]+len_i) of the region at base."""
+    total = _checked_total(offs, lens, uniform, total)
     _check_fit(len(memoryview(src).cast("B")), total, "data")
     _check_region(offs, lens, uniform, base_len)
     uniform, n = _effective_uniform(lens, uniform, offs.size)
@@ -124,6 +160,7 @@ def fd_gather(fd, fd_direct, align, direct_limit, offs, lens, uniform, total, ou
               threads=1) -> None:
     """pread the pieces into out, packed; see bas_io.h for the O_DIRECT split."""
     _check_fd_args(fd, fd_direct, align)
+    total = _checked_total(offs, lens, uniform, total)
     _check_fit(len(memoryview(out).cast("B")), total, "out")
     uniform, n = _effective_uniform(lens, uniform, offs.size)
     with ffi.from_buffer(out, require_writable=True) as o:
@@ -138,6 +175,7 @@ def fd_scatter(fd, fd_direct, align, direct_limit, offs, lens, uniform, total, s
                threads=1) -> None:
     """pwrite the packed pieces of src; see bas_io.h for the O_DIRECT split."""
     _check_fd_args(fd, fd_direct, align)
+    total = _checked_total(offs, lens, uniform, total)
     _check_fit(len(memoryview(src).cast("B")), total, "data")
     uniform, n = _effective_uniform(lens, uniform, offs.size)
     with ffi.from_buffer(src) as s:

@@ -15,7 +15,7 @@ import tempfile
 from bas import open_device
 from bas.device import Device
 from bas.errors import DeviceIOError
-from bas.registry import parse_size
+from bas.registry import DeviceURL, parse_size
 from bas.sort.passes import Job, run_algorithm
 from bas.sort.plan import make_plan
 from bas.sort.report import SortReport, Tracker
@@ -50,7 +50,7 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
     _check_shape(record_size, key_size, key_offset)
     src, own_src = _open_input(input)
     publish = None
-    dst = None
+    dst, own_dst = None, False
     try:
         if src.size % record_size:
             raise ValueError(f"{src.url}: input holds {src.size} bytes, not a whole number of "
@@ -62,7 +62,7 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
             profile = Profile.from_preset(src.preset)
         plan = make_plan(src, n, record_size, key_size, budget, threads, algorithm, profile,
                          schedule)
-        dst, publish = _open_output(output, src)
+        dst, publish, own_dst = _open_output(output, src)
         report = SortReport(plan.algorithm, plan.reason, schedule, n, record_size, key_size,
                             key_offset, budget,
                             threads={"read": plan.read_threads, "write": plan.write_threads,
@@ -81,6 +81,8 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
     finally:
         if publish is not None:  # failed before publishing: leave no partial output
             publish.abort()
+        if own_dst and not dst.closed:
+            dst.close()
         if own_src:
             src.close()
 
@@ -106,7 +108,8 @@ def _open_input(target) -> tuple[Device, bool]:
     if isinstance(text, str) and "://" not in text:
         if not os.path.isfile(text):
             raise FileNotFoundError(f"input {text!r} does not exist or is not a file")
-        return open_device(f"file://{os.path.abspath(text)}?read_only=1"), True
+        # a plain path, never pasted into a URL: '%', '#' and '?' are file-name characters
+        return open_device(os.path.abspath(text), read_only=True), True
     return open_device(text), True
 
 
@@ -133,17 +136,29 @@ class _Publisher:
 
 
 def _open_output(target, src: Device):
+    """(device, publisher or None, whether the engine opened the device itself)."""
     if isinstance(target, Device):
         if target is src:
             raise ValueError("output is the input device: sort into another device")
         if target.size < src.size:
             raise ValueError(f"output {target.url} holds {target.size} bytes, the input "
                              f"needs {src.size}")
-        return target, None
+        return target, None, False
     text = os.fspath(target) if isinstance(target, os.PathLike) else target
-    if "://" in text and not text.startswith("file://"):
-        return _open_output(open_device(text), src), None
-    path = os.path.abspath(text[len("file://"):] if text.startswith("file://") else text)
+    options: dict = {}
+    if "://" in text:
+        url = DeviceURL.parse(text)
+        if url.scheme != "file":  # another device: written in place, it cannot be renamed
+            dev = open_device(text)
+            try:
+                return _open_output(dev, src)[0], None, True
+            except BaseException:
+                dev.close()
+                raise
+        path, options = url.path, url.params
+    else:
+        path = text
+    path = os.path.abspath(path)
     src_path = getattr(src, "path", None)
     if src_path and os.path.exists(path) and os.path.samefile(path, src_path):
         raise ValueError(f"output {path} is the input file: sort into another path")
@@ -153,15 +168,15 @@ def _open_output(target, src: Device):
     tmp_path = os.path.join(directory, f".{os.path.basename(path)}.sorting-{secrets.token_hex(4)}")
     if not src.size:
         open(tmp_path, "wb").close()
-        return _EmptyOutput(), _Publisher(_EmptyOutput(), tmp_path, path)
+        return _EmptyOutput(), _Publisher(_EmptyOutput(), tmp_path, path), False
     try:
-        dst = open_device(f"file://{tmp_path}", size=src.size)
+        dst = open_device(tmp_path, size=src.size, **options)
     except DeviceIOError as exc:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise DeviceIOError(exc.errno, f"cannot create the {src.size}-byte output next to "
                             f"{path}: {exc.strerror}") from exc
-    return dst, _Publisher(dst, tmp_path, path)
+    return dst, _Publisher(dst, tmp_path, path), False
 
 
 class _EmptyOutput(Device):
@@ -195,7 +210,7 @@ def _scratch_factory(scratch, output):
     def make(size: int):
         directory = tempfile.mkdtemp(prefix=".bas-sort-runs-", dir=base)
         try:
-            dev = open_device(f"file://{directory}/runs", size=size)
+            dev = open_device(os.path.join(directory, "runs"), size=size)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise

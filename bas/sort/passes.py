@@ -129,9 +129,10 @@ def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads
     read sequentially elsewhere."""
     R, K = job.record_size, job.key_size
     if job.plan.strided_keys:
-        keys = job.buffer(min(count, KEY_BATCH) * K)
-        for i in range(0, count, KEY_BATCH):
-            m = min(KEY_BATCH, count - i)
+        batch = max(1, min(KEY_BATCH, job.plan.staging_bytes // K))
+        keys = job.buffer(min(count, batch) * K)
+        for i in range(0, count, batch):
+            m = min(batch, count - i)
             offsets = (np.arange(start + i, start + i + m, dtype=np.uint64) * np.uint64(R)
                        + np.uint64(job.key_offset))
             job.src.read_many(offsets, K, keys[:m * K], threads=threads)
@@ -140,7 +141,7 @@ def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads
                                      entries[i * job.entry_size:], threads)
         job.free(keys)
         return
-    chunk = max(1, min(count, (16 << 20) // R))
+    chunk = max(1, min(count, job.plan.staging_bytes // R))
     records = job.buffer(chunk * R)
     for i in range(0, count, chunk):
         m = min(chunk, count - i)

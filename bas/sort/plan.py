@@ -29,6 +29,7 @@ class Plan:
     random_reads_cheap: bool  # gather records in entry order (no address sort)
     strided_keys: bool  # read only the keys (the stride skips whole media units)
     gather_threads: int  # threads for random record reads
+    staging_bytes: int = 16 << 20  # most bytes one thread stages records or keys in
 
 
 def _physical_memory() -> int:
@@ -81,8 +82,13 @@ def make_plan(device, n: int, record_size: int, key_size: int, budget: int,
     # a gather batch takes at most an eighth of the budget, so small budgets still work
     gather = max(1, min(n, GATHER_BYTES // record_size, budget // (8 * record_size)))
     # kv in memory: entries + radix scratch + two gather buffers (one being written)
-    kv_need = 2 * n * es + 2 * gather * record_size
+    # staging for reading records or keys: an eighth of the budget, shared by the threads
+    # that each hold one at a time (rsw: every sort thread)
+    staging = max(1, budget // (8 * (max(1, sort_t) if schedule == "rsw" else 1)))
     cheap, why_cheap = _random_reads_cheap(device, n * record_size)
+    # two gather buffers (one being written), a third to stage address-ordered reads
+    gathers = (2 if cheap else 3) * gather * record_size
+    kv_need = 2 * n * es + gathers + staging
     gather_t = (_profile_threads(profile, "read", read_t, "random", record_size)
                 if threads is None else read_t)
     if profile is not None and algorithm == "auto" and record_size > es:
@@ -117,7 +123,7 @@ def make_plan(device, n: int, record_size: int, key_size: int, budget: int,
     # a run chunk holds its items twice (data + radix scratch) plus, for mergesort, the
     # records twice (read + permuted) and their entries
     per_record = 2 * es + (2 * record_size if algorithm == "mergesort" else 0)
-    reserve = 2 * gather * record_size if algorithm != "mergesort" else 0
+    reserve = (gathers + staging) if algorithm != "mergesort" else 0
     chunk = n if algorithm == "kv" else (budget - reserve) // per_record
     if algorithm != "kv" and chunk < 2:
         raise ValueError(f"memory budget {budget} is too small to form runs of {item}-byte "
@@ -128,7 +134,8 @@ def make_plan(device, n: int, record_size: int, key_size: int, budget: int,
         chunk //= max(1, sort_t)  # every thread holds a chunk of its own
     return Plan(algorithm, reason, max(1, read_t), max(1, write_t), max(1, sort_t),
                 max(1, min(n, chunk)), gather, budget, cheap,
-                cheap and record_size >= 2 * device.granularity, gather_t)
+                cheap and record_size >= 2 * device.granularity, gather_t,
+                min(16 << 20, staging))
 
 
 def _modelled_seconds(profile, device, n: int, record_size: int, es: int, kv_in_memory: bool,

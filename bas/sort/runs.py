@@ -118,13 +118,20 @@ def _form(job: Job, chunks, one, dev: Device, item: int, read) -> None:
 
 
 def _form_piped(job: Job, chunks, dev: Device, item: int, read) -> None:
-    """Reader thread -> sorter (this thread) -> writer thread, one chunk in each stage."""
+    """Reader thread -> sorter (this thread) -> writer thread, one chunk in each stage.
+
+    Whatever stage fails, the others stop: the reader checks `stop` between chunks and the
+    queue is drained so it never blocks, and both threads are joined before the error rises.
+    """
     filled: queue.Queue = queue.Queue(maxsize=1)
     errors: list[BaseException] = []
+    stop = threading.Event()
 
     def reader():
         try:
             for chunk in chunks:
+                if stop.is_set():
+                    return
                 buf = job.buffer(chunk[1] * item)
                 read(chunk, buf, job.plan.read_threads)
                 filled.put((chunk, buf))
@@ -144,8 +151,14 @@ def _form_piped(job: Job, chunks, dev: Device, item: int, read) -> None:
                 _sort_entries(job, buf, m, job.plan.sort_threads)
                 writer.write(buf)
         finally:
-            writer.close()
+            stop.set()
+            while t.is_alive() or not filled.empty():  # unblock a reader waiting to put
+                try:
+                    filled.get(timeout=0.05)
+                except queue.Empty:
+                    pass
             t.join()
+            writer.close()
     if errors:
         raise errors[0]
 

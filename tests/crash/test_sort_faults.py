@@ -51,11 +51,11 @@ def test_output_device_failure_is_reported(tmp_path, algorithm, fail_op, schedul
                       fail_errno=errno.EIO, fail_count=0)
     with src, dst:
         if fail_op == "read":  # the engine never reads its output
-            sort(src, dst, memory_budget="64K", algorithm=algorithm, schedule=schedule,
+            sort(src, dst, memory_budget="128K", algorithm=algorithm, schedule=schedule,
                  scratch=str(tmp_path))
             return
         with pytest.raises(DeviceIOError) as info:
-            sort(src, dst, memory_budget="64K", algorithm=algorithm, schedule=schedule,
+            sort(src, dst, memory_budget="128K", algorithm=algorithm, schedule=schedule,
                  scratch=str(tmp_path))
         assert info.value.errno == errno.EIO
     assert [p for p in os.listdir(tmp_path) if p.startswith(".bas-sort-runs")] == []
@@ -92,3 +92,23 @@ def test_interrupt_leaves_no_partial_output(tmp_path):
         sort(tmp_path / "in", tmp_path / "out", memory_budget="64K", algorithm="kv-external",
              progress=progress)
     assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
+@pytest.mark.parametrize("fail_op", ["write", "read"])
+def test_piped_run_formation_stops_every_stage_on_error(tmp_path, fail_op):
+    """Regression: a failing stage left the reader blocked on its queue and sort() hung."""
+    import threading
+
+    data = random_records(6000, 100, 10, seed=7)
+    inner = open_device(f"dram://?size={len(data)}")
+    inner.write(0, data)
+    src = FaultDevice(inner, fail_after=4, fail_op="read", fail_count=0) \
+        if fail_op == "read" else inner
+    before = threading.active_count()
+    made = []
+    scratch = _scratch_failing(tmp_path, 2 if fail_op == "write" else 10**6, errno.EIO, made)
+    with src, pytest.raises(DeviceIOError):
+        sort(src, tmp_path / "out", memory_budget="256K", algorithm="kv-external",
+             schedule="piped", scratch=scratch)
+    assert threading.active_count() == before, "a pipeline thread outlived the sort"
+    assert not (tmp_path / "out").exists()

@@ -76,3 +76,17 @@ def test_crc32_matches_zlib():
     data = bytes(range(256)) * 100
     assert native.crc32(data) == zlib.crc32(data)
     assert native.crc32(data[100:], native.crc32(data[:100])) == zlib.crc32(data)
+
+
+def test_a_wrong_total_is_refused_before_c():
+    """Regression: the wrappers trusted the caller's total; a small out buffer crashed."""
+    offs, lens, uniform, _ = native.as_requests([0], 1 << 20)
+    with pytest.raises(ValueError, match="not the 0 given"):
+        native.mem_gather(bytearray(1 << 20), 1 << 20, offs, lens, uniform, 0,
+                          np.empty(8, np.uint8))
+
+
+def test_lengths_summing_past_64_bits_are_refused():
+    """Regression: the uint64 sum wrapped and a huge gather passed a 4 KiB buffer check."""
+    with pytest.raises(ValueError, match="more than"):
+        native.as_requests(np.zeros(2**14 + 1, np.int64), [2**50] * 2**14 + [4096])
