@@ -56,7 +56,9 @@ class FaultDevice(WrapperDevice):
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._counted = 0
-        self._undo: list[tuple[int, bytes]] = []  # (offset, bytes before the write), in order
+        # [offset, bytes before the write, write returned?], in issue order
+        self._undo: list[list] = []
+        self._epoch = 0  # bumped by crash(): a persist racing a crash forgets nothing
         self.crashes = 0
 
     @classmethod
@@ -123,7 +125,8 @@ class FaultDevice(WrapperDevice):
         if self.closed:
             raise DeviceClosedError(f"{self.url}: crash() on a closed device")
         with self._lock:
-            undo, self._undo = self._undo, []
+            undo, self._undo = [(off, old) for off, old, _ in self._undo], []
+            self._epoch += 1
         if mode == "tear":
             kept = self._surviving_units(undo)
         for offset, old in reversed(undo):
@@ -161,30 +164,37 @@ class FaultDevice(WrapperDevice):
 
     def _write(self, offset: int, view: memoryview) -> None:
         self._maybe_fail("write")
-        old = self.inner.read(offset, view.nbytes)
+        entry = [offset, self.inner.read(offset, view.nbytes), False]
         with self._lock:
-            self._undo.append((offset, old))
+            self._undo.append(entry)
         super()._write(offset, view)
+        entry[2] = True
 
     def _write_many(self, req: Requests, data: memoryview, threads: int) -> None:
         self._maybe_fail("write")
         lengths = req.length_array().tolist()
         old = bytes(self.inner.read_many(req.offsets, lengths))
         pos = 0
+        entries = []
+        for offset, length in zip(req.offsets.tolist(), lengths, strict=True):
+            entries.append([offset, old[pos:pos + length], False])
+            pos += length
         with self._lock:
-            for offset, length in zip(req.offsets.tolist(), lengths, strict=True):
-                self._undo.append((offset, old[pos:pos + length]))
-                pos += length
+            self._undo.extend(entries)
         super()._write_many(req, data, threads)
+        for entry in entries:
+            entry[2] = True
 
     def _persist(self) -> None:
         self._maybe_fail("persist")
         with self._lock:
-            persisted = len(self._undo)
+            # only writes that had returned are covered; one still in flight may land later
+            durable = {id(e) for e in self._undo if e[2]}
+            epoch = self._epoch
         super()._persist()
         with self._lock:
-            # writes that raced in after the inner persist began are not known to be durable
-            del self._undo[:persisted]
+            if epoch == self._epoch:  # a crash() meanwhile already settled the log
+                self._undo = [e for e in self._undo if id(e) not in durable]
 
 
 def _errno(name: str, url: str) -> int:
