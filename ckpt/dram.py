@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +44,8 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
-        return int(self.buf.nbytes)
+        """Bytes really held: a pool slab may be larger than the checkpoint in it."""
+        return held_bytes(self.buf)
 
 
 class DramTier:
@@ -65,7 +66,8 @@ class DramTier:
         self.capacity = capacity
         self.pool = pool
         self.copy_bandwidth = copy_bandwidth
-        self._lock = threading.RLock()  # finalizers may run inside a locked section
+        self._lock = threading.RLock()
+        self._ended: deque = deque()  # leases whose tensors died, settled under the lock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._used = 0
 
@@ -75,25 +77,30 @@ class DramTier:
     def used(self) -> int:
         """Bytes held by cached entries."""
         with self._lock:
+            self._settle()
             return self._used
 
     def names(self) -> list[str]:
         """Cached names, least recently used first."""
         with self._lock:
+            self._settle()
             return list(self._entries)
 
     def holds(self, name: str) -> bool:
         with self._lock:
+            self._settle()
             return name in self._entries
 
     def pins(self, name: str) -> int:
         """Live leases of name (0 when not cached): pinned entries are never evicted."""
         with self._lock:
+            self._settle()
             entry = self._entries.get(name)
             return entry.leases if entry is not None else 0
 
     def index(self, name: str) -> Index | None:
         with self._lock:
+            self._settle()
             entry = self._entries.get(name)
             return entry.index if entry is not None else None
 
@@ -110,6 +117,7 @@ class DramTier:
                ) -> dict[str, torch.Tensor] | None:
         """Tensors of a cached entry as views of its buffer (None on a miss); O(tensors)."""
         with self._lock:
+            self._settle()
             entry = self._entries.get(name)
             if entry is None:
                 return None
@@ -125,9 +133,10 @@ class DramTier:
         uses buf uncached. An older entry of the same name is discarded.
         """
         with self._lock:
+            self._settle()
             if name in self._entries:
                 self.discard(name)
-            if not self._make_room(buf.nbytes):
+            if not self._make_room(held_bytes(buf)):
                 return None
             entry = _Entry(index, buf)
             self._entries[name] = entry
@@ -142,6 +151,7 @@ class DramTier:
         are still held, so the capacity stays honest.
         """
         with self._lock:
+            self._settle()
             entry = self._entries.get(name)
             if entry is None:
                 return
@@ -154,6 +164,7 @@ class DramTier:
     def evict(self, name: str) -> bool:
         """Drop name unless it is pinned; whether it is gone."""
         with self._lock:
+            self._settle()
             entry = self._entries.get(name)
             if entry is None:
                 return True
@@ -165,6 +176,7 @@ class DramTier:
     def clear(self) -> int:
         """Evict every unpinned entry; the bytes freed."""
         with self._lock:
+            self._settle()
             before = self._used
             for name in [n for n, e in self._entries.items() if not e.leases]:
                 self._drop(name)
@@ -192,10 +204,34 @@ class DramTier:
         return lease
 
     def _release(self, entry: _Entry) -> None:
-        with self._lock:
+        """Finalizer of a lease: never waits for the lock (a collection may run while another
+        thread holds it, or inside the pool's lock); ended leases are settled under it."""
+        self._ended.append(entry)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._settle()
+            finally:
+                self._lock.release()
+
+    def _settle(self) -> None:
+        """Count ended leases (lock held)."""
+        while self._ended:
+            entry = self._ended.popleft()
             entry.leases -= 1
             if entry.discarded and not entry.leases:
                 self._used -= entry.nbytes
+
+
+def held_bytes(buf: np.ndarray) -> int:
+    """The size of the memory behind buf (its root buffer), at least buf.nbytes."""
+    root = buf
+    while isinstance(root, np.ndarray) and root.base is not None:
+        root = root.base
+    try:
+        size = memoryview(root).nbytes
+    except TypeError:
+        size = 0
+    return max(int(buf.nbytes), size)
 
 
 def _tensors(index: Index, lease: np.ndarray, device) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import mmap
 import threading
 import weakref
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,9 @@ class HostPool:
         self.pin = _accelerator_present() if pin is None else pin
         self._populate = populate
         self._lock = threading.Lock()
+        # slabs whose arrays died: finalizers only append here (never wait for the lock, which
+        # a garbage collection inside a locked section would deadlock on); drained under it
+        self._returned: deque[_Slab] = deque()
         self._idle: list[_Slab] = []
         self._stats = PoolStats()
         self._closed = False
@@ -63,6 +67,7 @@ class HostPool:
     @property
     def stats(self) -> PoolStats:
         with self._lock:
+            self._drain()
             return PoolStats(**vars(self._stats))
 
     def acquire(self, nbytes: int) -> np.ndarray:
@@ -71,6 +76,7 @@ class HostPool:
             raise ValueError(f"nbytes must not be negative, got {nbytes}")
         size = max(SLAB, -(-nbytes // SLAB) * SLAB)
         with self._lock:
+            self._drain()
             slab = self._take_idle(nbytes)
             if slab is None:
                 if self._closed or not self._make_room(size):
@@ -98,6 +104,7 @@ class HostPool:
     def trim(self) -> int:
         """Unmap every idle buffer; the bytes given back to the OS."""
         with self._lock:
+            self._drain()
             idle, self._idle = self._idle, []
             freed = sum(s.size for s in idle)
             self._stats.allocated -= freed
@@ -140,13 +147,24 @@ class HostPool:
         return slab
 
     def _release(self, slab: _Slab) -> None:
-        with self._lock:
+        """Finalizer of a lent array: hand the slab back without ever blocking on the lock."""
+        self._returned.append(slab)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._lock.release()
+
+    def _drain(self) -> None:
+        """Take back the slabs of dead arrays (lock held)."""
+        while self._returned:
+            slab = self._returned.popleft()
             self._stats.in_use -= slab.size
-            if not self._closed:
+            if self._closed:
+                self._stats.allocated -= slab.size
+                _free(slab)
+            else:
                 self._idle.append(slab)
-                return
-            self._stats.allocated -= slab.size
-        _free(slab)
 
 
 def allocate(nbytes: int) -> np.ndarray:
