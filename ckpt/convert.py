@@ -77,8 +77,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *,
     if os.path.isdir(src):
         config = os.path.join(src, "config.json")
         if os.path.isfile(config) and os.path.getsize(config) <= MAX_CONFIG:
-            with open(config, encoding="utf-8") as f:
-                metadata["hf_config"] = json.dumps(json.load(f), sort_keys=True)
+            try:
+                with open(config, encoding="utf-8") as f:
+                    metadata["hf_config"] = json.dumps(json.load(f), sort_keys=True)
+            except (ValueError, RecursionError, OSError) as exc:  # JSON and UTF-8 errors
+                raise ConvertError(f"{config}: unreadable config.json ({exc})") from None
     with Writer(dst, metadata=metadata, **options) as writer:
         seen: set[str] = set()
         for path in files:
@@ -121,7 +124,6 @@ def _add_torch(writer: Writer, path: str, seen: set[str], progress) -> None:
 
 
 def _torch_load(path: str):
-    import pickle
 
     import torch
 
@@ -130,8 +132,8 @@ def _torch_load(path: str):
     except RuntimeError as exc:
         if "mmap" not in str(exc):  # legacy (non-zip) files cannot be mapped: read them whole
             raise ConvertError(f"{path}: torch.load failed: {exc}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
-        raise ConvertError(f"{path}: refused or unreadable torch file ({exc})") from None
+    except Exception as exc:  # the weights-only unpickler fails in many ways on odd bytes
+        raise ConvertError(f"{path}: refused or unreadable torch file ({exc!r})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's legacy reader fails in many ways on odd files

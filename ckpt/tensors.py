@@ -71,8 +71,9 @@ def _identity(t: torch.Tensor):
     """What makes two tensors the same tensor: same memory, same view, same type."""
     if t.layout != torch.strided or t.device.type == "meta" or t.numel() == 0:
         return None
+    # x.conj() and x._neg_view() share x's memory but read other values: not aliases
     return (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(),
-            tuple(t.shape), tuple(t.stride()), t.dtype)
+            tuple(t.shape), tuple(t.stride()), t.dtype, t.is_conj(), t.is_neg())
 
 
 def plan(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], dict[str, str]]:

@@ -29,3 +29,33 @@ def test_a_pool_slab_is_charged_at_its_real_size():
     buf = pool.acquire(4_198_400)
     assert held_bytes(buf) >= 4_198_400 and held_bytes(buf) % (2 << 20) == 0
     assert held_bytes(buf[:10]) == held_bytes(buf)
+
+
+def test_a_conjugate_view_is_not_saved_as_an_alias(tmp_path):
+    """Regression: x.conj() shares x's memory, was stored as an alias of x, loaded wrong."""
+    import torch
+
+    import ckpt
+
+    a = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    ckpt.save({"a": a, "ac": a.conj(), "an": a._neg_view()}, tmp_path / "c.ckpt")
+    got = ckpt.load(tmp_path / "c.ckpt")
+    assert torch.equal(got["ac"], a.conj().resolve_conj())
+    assert torch.equal(got["an"], -a)
+    assert torch.equal(got["a"], a)
+
+
+def test_a_corrupt_config_json_is_a_convert_error(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from ckpt.convert import convert
+    from ckpt.errors import CheckpointError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"w": torch.zeros(2)}, str(model / "model.safetensors"))
+    (model / "config.json").write_bytes(b"{\\xff not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        convert(str(model), str(tmp_path / "out.ckpt"))
