@@ -212,31 +212,38 @@ class Store:
         dest = self._tier(tier) if tier else (self.disks[0] if self.disks else None)
         if dest is None or dest.kind == "dram":
             raise ValueError("put needs a disk or remote tier")
-        if self.dram is not None:
-            self.dram.discard(name)
-        if dest.kind == "remote":
-            if isinstance(src, Mapping):
-                raise ValueError("put a state dict into a disk tier first, then upload its "
-                                 "directory to a remote tier")
-            dest.put(name, resolve_dir(src))
-            return dest.name
+        with self._flight(name):  # no load of name runs while its versions change
+            if dest.kind == "remote":
+                if isinstance(src, Mapping):
+                    raise ValueError("put a state dict into a disk tier first, then upload its "
+                                     "directory to a remote tier")
+                dest.put(name, resolve_dir(src))
+            else:
+                self._put_disk(dest, name, src)
+            # every other copy is now an older version: no later load may serve it
+            if self.dram is not None:
+                self.dram.discard(name)
+            for disk in self.disks:
+                if disk is not dest and disk.holds(name):
+                    disk.remove(name)
+        return dest.name
+
+    def _put_disk(self, dest, name: str, src) -> None:
         i = self.disks.index(dest)
         want = _state_bytes(src) if isinstance(src, Mapping) else disk_bytes(resolve_dir(src))
-        with self._flight(name):
-            if not dest.reserve(want, self._droppable(i)):
-                raise CheckpointError(f"{name}: {want} bytes do not fit in tier {dest.name} "
-                                      f"({dest.used} of {dest.capacity} used by checkpoints "
-                                      f"no slower tier holds)")
-            try:
-                if isinstance(src, Mapping):
-                    save(src, dest.path(name))
-                else:
-                    copy_dir(src, dest.path(name))
-            except BaseException:
-                dest.unreserve(want)
-                raise
-            dest.added(name, disk_bytes(dest.path(name)), reserved=want)
-        return dest.name
+        if not dest.reserve(want, self._droppable(i)):
+            raise CheckpointError(f"{name}: {want} bytes do not fit in tier {dest.name} "
+                                  f"({dest.used} of {dest.capacity} used by checkpoints "
+                                  f"no slower tier holds)")
+        try:
+            if isinstance(src, Mapping):
+                save(src, dest.path(name))
+            else:
+                copy_dir(src, dest.path(name))
+        except BaseException:
+            dest.unreserve(want)
+            raise
+        dest.added(name, disk_bytes(dest.path(name)), reserved=want)
 
     def evict(self, model: str, tier: str | None = None) -> None:
         """Drop the model from the DRAM tier (unless pinned) or from the named tier."""
@@ -312,7 +319,14 @@ def _target(model) -> _Target:
         return _Target(f"{URL_PREFIX}{digest}", url=model)
     if os.path.isabs(model) or model.startswith(("./", "../")):
         path = os.path.abspath(model)
-        return _Target(f"path:{path}", path=path)
+        # the index file's identity is in the key: a save replaces the directory, so a cached
+        # copy of the old version is never served for the new one
+        try:
+            st = os.stat(os.path.join(path, INDEX_FILE))
+            version = f"@{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
+        except OSError:
+            version = ""
+        return _Target(f"path:{path}{version}", path=path)
     return _Target(check_name(model))
 
 

@@ -59,3 +59,43 @@ def test_a_corrupt_config_json_is_a_convert_error(tmp_path):
     (model / "config.json").write_bytes(b"{\\xff not json")
     with pytest.raises(CheckpointError, match="config.json"):
         convert(str(model), str(tmp_path / "out.ckpt"))
+
+
+def _state(value: float):
+    import torch
+
+    return {"w": torch.full((4,), value)}
+
+
+def test_a_model_loaded_by_path_and_saved_again_is_not_served_stale(tmp_path):
+    """Regression: path keys were cached forever; a re-saved checkpoint loaded old values."""
+    import torch
+
+    import ckpt
+    from ckpt import DramTier, Store
+
+    store = Store([DramTier(64 << 20)])
+    path = tmp_path / "m.ckpt"
+    ckpt.save(_state(1.0), path)
+    assert torch.equal(store.load(path).tensors["w"], torch.full((4,), 1.0))
+    ckpt.save(_state(2.0), path)
+    again = store.load(path)
+    assert torch.equal(again.tensors["w"], torch.full((4,), 2.0))
+
+
+def test_put_of_a_new_version_drops_older_copies_in_faster_tiers(tmp_path):
+    """Regression: v2 put into a slower tier left v1 in the faster one, which kept serving it."""
+    import torch
+
+    import ckpt
+    from ckpt import DiskTier, DramTier, Store
+
+    fast = DiskTier(tmp_path / "fast", 64 << 20, name="fast")
+    slow = DiskTier(tmp_path / "slow", 64 << 20, name="slow")
+    store = Store([DramTier(64 << 20), fast, slow])
+    ckpt.save(_state(1.0), tmp_path / "v1.ckpt")
+    ckpt.save(_state(2.0), tmp_path / "v2.ckpt")
+    store.put("m", tmp_path / "v1.ckpt", tier="fast")
+    assert torch.equal(store.load("m").tensors["w"], torch.full((4,), 1.0))
+    store.put("m", tmp_path / "v2.ckpt", tier="slow")
+    assert torch.equal(store.load("m").tensors["w"], torch.full((4,), 2.0))
