@@ -220,11 +220,14 @@ class Store:
                 dest.put(name, resolve_dir(src))
             else:
                 self._put_disk(dest, name, src)
-            # every other copy is now an older version: no later load may serve it
+            # a copy with another index is an older version: no later load may serve it
+            new_index = _index_file(resolve_dir(src) if dest.kind == "remote"
+                                    else dest.path(name))
             if self.dram is not None:
                 self.dram.discard(name)
             for disk in self.disks:
-                if disk is not dest and disk.holds(name):
+                if (disk is not dest and disk.holds(name)
+                        and _index_file(disk.path(name)) != new_index):
                     disk.remove(name)
         return dest.name
 
