@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -41,7 +42,8 @@ _NAME = re.compile(rf"{_PART}(/{_PART})?\Z")
 def check_name(name: str) -> str:
     """A model name: one or two path-safe parts ("llama-1b", "org/model"); ValueError if not."""
     if (not isinstance(name, str) or not _NAME.match(name) or "--" in name
-            or ".tmp-" in name or ".old-" in name or name.endswith(".json")):
+            or ".tmp-" in name or ".old-" in name or ".del-" in name
+            or name.endswith(".json")):
         raise ValueError(f"bad model name {name!r}: use letters, digits, '.', '_', '-' "
                          f"(no '--'), with at most one '/'")
     return name
@@ -179,13 +181,25 @@ class DiskTier:
             self._save()
 
     def remove(self, name: str) -> None:
-        """Delete name's checkpoint (readers with open files finish unharmed)."""
+        """Delete name's checkpoint (readers with open files finish unharmed).
+
+        The directory is renamed aside under the lock and deleted after it: a copy of the same
+        name that a concurrent writer publishes later is never the one deleted. The aside
+        name `NAME.del-TOKEN` is one that atomic.resolve/recover ignore (an `.old-` name would
+        be taken for a torn swap and renamed back); `_reconcile` deletes crashed leftovers.
+        """
         with self._lock:
             self._entries.pop(name, None)
             self._save()
             path = self.path(name)
-        if os.path.lexists(path):
-            shutil.rmtree(path, ignore_errors=True)
+            doomed = f"{path}.del-{secrets.token_hex(4)}"
+            try:
+                os.rename(path, doomed)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise CheckpointIOError(exc.errno, f"removing {path} failed: {exc}") from exc
+        shutil.rmtree(doomed, ignore_errors=True)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -200,6 +214,9 @@ class DiskTier:
         state = self._load_state()
         self._clock = int(state.get("clock", 0))
         for base in sorted(os.listdir(self.root)):
+            if ".del-" in base:  # a removal that crashed before its delete finished
+                shutil.rmtree(os.path.join(self.root, base), ignore_errors=True)
+                continue
             for marker in (".tmp-", ".old-"):
                 if marker in base:  # a copy or swap that crashed: finish or undo it
                     atomic.recover(os.path.join(self.root, base.split(marker)[0]), index_ok)
@@ -244,28 +261,46 @@ class DiskTier:
 
 
 class DownloadSink:
-    """read_packed's sink: a download's copy into a disk tier, made only if it has room."""
+    """read_packed's sink: a download's copy into a disk tier, made only if it has room.
+
+    A local-disk error (ENOSPC, EIO, ...) while copying drops the copy and is kept in `error`;
+    the load goes on from the stream: a failed promotion costs speed later, not this load.
+    """
 
     def __init__(self, disk: DiskTier, key: str, droppable):
         self.disk, self.key, self.droppable = disk, key, droppable
         self.active = False
         self.reserved = 0
         self.unpacker = None
+        self.error: BaseException | None = None
 
     def begin(self, index_bytes: bytes, index) -> None:
         nbytes = len(index_bytes) + index.total_bytes
         if self.disk.reserve(nbytes, self.droppable):
             self.reserved = nbytes
-            self.unpacker = self.disk.writer(self.key)
-            self.unpacker.begin(index_bytes, index)
             self.active = True
+            try:
+                self.unpacker = self.disk.writer(self.key)
+                self.unpacker.begin(index_bytes, index)
+            except (CheckpointIOError, OSError) as exc:
+                self._drop(exc)
 
     def chunk(self, partition: int, offset: int, view) -> None:
         if self.active:
-            self.unpacker.chunk(partition, offset, view)
+            try:
+                self.unpacker.chunk(partition, offset, view)
+            except (CheckpointIOError, OSError) as exc:
+                self._drop(exc)
 
-    def commit(self) -> str:
-        self.unpacker.commit()
+    def commit(self) -> str | None:
+        """Publish the copy; the tier's name, or None when there is none (dropped, no room)."""
+        if not self.active:
+            return None
+        try:
+            self.unpacker.commit()
+        except (CheckpointIOError, OSError) as exc:
+            self._drop(exc)
+            return None
         self.active = False
         self.disk.added(self.key, self.reserved, reserved=self.reserved)
         self.reserved = 0
@@ -278,6 +313,10 @@ class DownloadSink:
             self.disk.unreserve(self.reserved)
             self.reserved = 0
         self.active = False
+
+    def _drop(self, exc: BaseException) -> None:
+        self.error = exc
+        self.abort()
 
 
 def disk_bytes(directory: str) -> int:

@@ -78,11 +78,15 @@ def resolve_dir(path: str | os.PathLike) -> str:
     return found
 
 
-def read_index(directory: str) -> Index:
-    """Read and validate the index file of a checkpoint directory (bounded: MAX_INDEX_BYTES)."""
+def read_index(directory: str, *, dir_fd: int | None = None) -> Index:
+    """Read and validate the index file of a checkpoint directory (bounded: MAX_INDEX_BYTES).
+
+    dir_fd: an open descriptor of that directory; the index is opened relative to it.
+    """
     path = os.path.join(directory, INDEX_FILE)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(INDEX_FILE if dir_fd is not None else path,
+                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError:
         raise NotACheckpointError(errno.ENOENT, f"{directory}: no {INDEX_FILE} (not a "
                                   f"checkpoint)", path) from None
@@ -104,16 +108,46 @@ def read_index(directory: str) -> Index:
 
 
 def open_source(path: str | os.PathLike, *, direct: bool = True) -> Source:
-    """Open a checkpoint directory for loading; close() (or `with`) releases the devices."""
-    directory = resolve_dir(path)
-    index = read_index(directory)
+    """Open a checkpoint directory for loading; close() (or `with`) releases the devices.
+
+    The directory is opened once and the index and every partition are opened relative to
+    it, so a save that replaces the checkpoint meanwhile cannot mix its files with the old
+    ones. When that save moved or deleted the directory before every file was open (or
+    resolve named a `tmp` that was renamed just after), the open is retried once.
+    """
+    for attempt in (1, 2):
+        try:
+            directory = resolve_dir(path)
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (NotACheckpointError, FileNotFoundError) as exc:
+            if attempt == 1:
+                continue  # resolve named a directory a save renamed just after: again
+            if isinstance(exc, NotACheckpointError):
+                raise
+            raise NotACheckpointError(errno.ENOENT, f"{directory}: no checkpoint directory "
+                                      f"here", directory) from None
+        except OSError as exc:
+            raise CheckpointIOError(exc.errno, f"opening {directory} failed: "
+                                    f"{exc.strerror}") from exc
+        try:
+            return _open_at(directory, dir_fd, direct)
+        except (NotACheckpointError, MissingPartitionError, CheckpointIOError):
+            if attempt == 2 or not _moved(directory, dir_fd):
+                raise
+        finally:
+            os.close(dir_fd)  # the partitions, once open, no longer need it
+    raise AssertionError("unreachable")
+
+
+def _open_at(directory: str, dir_fd: int, direct: bool) -> Source:
+    index = read_index(directory, dir_fd=dir_fd)
     owned: list[Device] = []
     try:
         parts, all_direct = [], direct
         for p in index.partitions:
             full = os.path.join(directory, p.file)
-            _check_partition_file(full, p.size)
-            dev, is_direct = _open_partition(full, direct)
+            _check_partition_file(full, p.size, p.file, dir_fd)
+            dev, is_direct = _open_partition(full, direct, _fd_path(dir_fd, p.file, full))
             owned.append(dev)
             parts.append((dev, 0))
             all_direct = all_direct and is_direct
@@ -122,6 +156,22 @@ def open_source(path: str | os.PathLike, *, direct: bool = True) -> Source:
         for dev in owned:
             dev.close()
         raise
+
+
+def _fd_path(dir_fd: int, name: str, full: str) -> str:
+    """A path to name inside the directory open as dir_fd, for APIs that take a path."""
+    at = f"/proc/self/fd/{dir_fd}"
+    return f"{at}/{name}" if os.path.isdir(at) else full  # no /proc: by path, as before
+
+
+def _moved(directory: str, dir_fd: int) -> bool:
+    """Whether directory no longer names the directory open as dir_fd (a save replaced it)."""
+    try:
+        now = os.stat(directory)
+    except OSError:
+        return True
+    held = os.fstat(dir_fd)
+    return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
 
 def packed_source(device: Device, offset: int = 0, name: str | None = None) -> Source:
@@ -144,9 +194,9 @@ def packed_source(device: Device, offset: int = 0, name: str | None = None) -> S
     return Source(index, parts, name, direct=device.direct_io)
 
 
-def _check_partition_file(full: str, size: int) -> None:
+def _check_partition_file(full: str, size: int, name: str, dir_fd: int) -> None:
     try:
-        info = os.lstat(full)
+        info = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         raise MissingPartitionError(f"{full}: partition file is missing") from None
     if not stat.S_ISREG(info.st_mode):  # a symlink, FIFO or device could leak or hang
@@ -157,14 +207,15 @@ def _check_partition_file(full: str, size: int) -> None:
                                  f"says {size}")
 
 
-def _open_partition(full: str, direct: bool) -> tuple[Device, bool]:
+def _open_partition(full: str, direct: bool, at: str) -> tuple[Device, bool]:
+    """Open the partition named full (in messages) through the path at."""
     try:
         if direct:
             try:
-                return open_device(full, direct=True, read_only=True), True
+                return open_device(at, direct=True, read_only=True), True
             except UnsupportedError:
                 pass  # tmpfs and friends: buffered reads still work
-        return open_device(full, read_only=True), False
+        return open_device(at, read_only=True), False
     except (DeviceError, OSError) as exc:
         raise CheckpointIOError(getattr(exc, "errno", None) or 0,
                                 f"opening partition {full} failed: {exc}") from exc

@@ -87,3 +87,47 @@ def test_a_crash_at_any_call_leaves_old_or_new(tmp_path, exchange, first):
         pytest.fail("the save never completed")
     assert seen == ({"absent", "new"} if first else {"old", "new"})
     assert k > 20  # every call of a save was a crash point
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "rename-aside"])
+@pytest.mark.parametrize("first", [False, True], ids=["replace", "first-save"])
+def test_a_save_fsyncs_files_and_directories_in_commit_order(tmp_path, monkeypatch, exchange,
+                                                             first):
+    """The page cache hides missing fsyncs from the crash test above; the call trace does not."""
+    path = str(tmp_path / "m")
+    if not first:
+        ckpt.save(OLD, path, **OPTIONS)
+    trace = []
+    real_fsync, real_rename, real_exchange = os.fsync, os.rename, atomic._rename_exchange
+
+    def fsync(fd):
+        trace.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(a, b, **kwargs):
+        trace.append(("rename", os.fspath(a), os.fspath(b)))
+        return real_rename(a, b, **kwargs)
+
+    def exchange_(a, b):
+        done = real_exchange(a, b) if exchange else False
+        if done:
+            trace.append(("rename", a, b))
+        return done
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", rename)
+    monkeypatch.setattr(atomic, "_rename_exchange", exchange_)
+    ckpt.save(NEW, path, **OPTIONS)
+    commit = next(i for i, e in enumerate(trace)
+                  if e[0] == "rename" and ".tmp-" in e[1] and e[2] == path)
+    tmp = trace[commit][1]
+    synced = [e[1] for e in trace[:commit] if e[0] == "fsync"]
+    files = ["index.ckpt"] + [p.file for p in ckpt.read_index(path).partitions]
+    for name in files:
+        assert os.path.join(tmp, name) in synced, f"{name} not fsynced before the commit"
+    assert tmp in synced, "the temporary directory is not fsynced before the commit"
+    last_file = max(synced.index(os.path.join(tmp, n)) for n in files)
+    assert synced.index(tmp) > last_file, "the directory is fsynced before its files"
+    after = [e[1] for e in trace[commit + 1:] if e[0] == "fsync"]
+    assert str(tmp_path) in after, "the parent directory is not fsynced after the commit"
