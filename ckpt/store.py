@@ -300,9 +300,16 @@ class Store:
         raise ValueError(f"no tier named {name!r}; tiers: {[t.name for t in self.tiers]}")
 
     def _droppable(self, i: int) -> Callable[[str], bool]:
-        """Whether disk tier i may evict a key: a slower tier holds it, or its URL does."""
+        """Whether disk tier i may evict a key: a slower tier holds it, or its URL does, and
+        no load or put of that key is under way (its copy may be being published now)."""
         slower = self.disks[i + 1:] + self.remotes
-        return lambda key: key.startswith(URL_PREFIX) or any(t.holds(key) for t in slower)
+        return lambda key: (not self._busy(key)
+                            and (key.startswith(URL_PREFIX) or any(t.holds(key) for t in slower)))
+
+    def _busy(self, key: str) -> bool:
+        with self._lock:
+            lock = self._flights.get(key)
+        return lock is not None and lock.locked()
 
     @contextmanager
     def _flight(self, key: str):

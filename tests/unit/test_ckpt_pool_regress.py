@@ -99,3 +99,20 @@ def test_put_of_a_new_version_drops_older_copies_in_faster_tiers(tmp_path):
     assert torch.equal(store.load("m").tensors["w"], torch.full((4,), 1.0))
     store.put("m", tmp_path / "v2.ckpt", tier="slow")
     assert torch.equal(store.load("m").tensors["w"], torch.full((4,), 2.0))
+
+
+def test_eviction_skips_a_name_whose_put_or_load_is_under_way(tmp_path):
+    """Regression: an eviction could remove a copy that a concurrent put was publishing."""
+    import ckpt
+    from ckpt import DiskTier, Store
+
+    fast = DiskTier(tmp_path / "fast", 64 << 20, name="fast")
+    slow = DiskTier(tmp_path / "slow", 64 << 20, name="slow")
+    store = Store([fast, slow])
+    ckpt.save(_state(1.0), tmp_path / "v.ckpt")
+    store.put("m", tmp_path / "v.ckpt", tier="slow")
+    store.put("m", tmp_path / "v.ckpt", tier="fast")
+    droppable = store._droppable(0)
+    assert droppable("m")  # the slow tier holds it too
+    with store._flight("m"):
+        assert not droppable("m")
