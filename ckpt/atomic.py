@@ -13,20 +13,82 @@ At every instant NAME is absent, the complete old checkpoint or the complete new
 A load that finds NAME missing reads through `resolve`: when an `old` sibling shows that a
 swap began, the new `tmp` (if complete) or else `old` is the checkpoint; nothing is changed.
 `recover` runs before every save: it renames that directory back to NAME and deletes the
-leftovers of crashed saves. One writer per NAME at a time (readers may run any time).
+leftovers of crashed saves. One writer per NAME at a time, enforced by `lock` (flock on the
+sibling `NAME.lock`), held from recovery to publish: without it, a second saver's recovery
+would delete the first one's temporary directory in the middle of its publish. Readers never
+lock and may run any time.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import secrets
 import shutil
+import weakref
 
-from ckpt.errors import CheckpointIOError
+from ckpt.errors import CheckpointIOError, SaveInProgressError
 
-__all__ = ["commit_dir", "fsync_dir", "fsync_fd", "recover", "resolve", "temp_dir"]
+__all__ = ["SaveLock", "commit_dir", "fsync_dir", "fsync_fd", "lock", "recover", "resolve",
+           "temp_dir", "try_recover"]
+
+LOCK_SUFFIX = ".lock"
+
+
+class SaveLock:
+    """The exclusive right to save into one path; release() (or `with`) gives it back.
+
+    The lock file is removed on release. A waiter that wins the lock on a file that was
+    removed meanwhile opens it again, so two savers never hold locks on different files.
+    """
+
+    def __init__(self, path: str, wait: bool = True):
+        self.path = f"{path}{LOCK_SUFFIX}"
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             0o644)
+            except OSError as exc:
+                raise _io_error(exc, f"opening the lock file {self.path}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                held, now = os.fstat(fd), os.stat(self.path, follow_symlinks=False)
+            except BlockingIOError:
+                os.close(fd)
+                raise SaveInProgressError(errno.EWOULDBLOCK, f"{path}: another save to this "
+                                          f"path is under way", path) from None
+            except FileNotFoundError:  # the holder removed it as we won: take a fresh one
+                os.close(fd)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                raise _io_error(exc, f"locking {self.path}") from exc
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+            os.close(fd)
+        self._fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)  # a forgotten lock dies with us
+
+    def release(self) -> None:
+        if self._closer.alive:
+            try:
+                os.unlink(self.path)  # while still held: no one can be holding it too
+            except FileNotFoundError:
+                pass
+            self._closer()
+
+    def __enter__(self) -> SaveLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock(path: str, wait: bool = True) -> SaveLock:
+    """Take the save lock of path; wait=False raises SaveInProgressError when it is held."""
+    return SaveLock(os.path.abspath(path), wait)
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -81,8 +143,21 @@ def resolve(path: str, is_complete) -> str | None:
     return None
 
 
+def try_recover(path: str, is_complete) -> bool:
+    """recover(path) unless a save to it is under way (its leftovers are its own): ran?"""
+    try:
+        with lock(path, wait=False):
+            recover(path, is_complete)
+    except SaveInProgressError:
+        return False
+    return True
+
+
 def recover(path: str, is_complete) -> None:
-    """Before a save: finish or undo an interrupted swap, then delete leftovers of crashes."""
+    """Before a save: finish or undo an interrupted swap, then delete leftovers of crashes.
+
+    REQUIRES: the caller holds lock(path).
+    """
     parent, base = _split(path)
     try:
         found = resolve(path, is_complete)

@@ -20,6 +20,7 @@ __all__ = [
     "NotACheckpointError",
     "PartitionNameError",
     "PartitionSizeError",
+    "SaveInProgressError",
     "SchemaError",
     "ShapeError",
     "UnsupportedDtypeError",
@@ -33,6 +34,10 @@ class CheckpointError(Exception):
 
 class CheckpointIOError(CheckpointError, OSError):
     """The operating system failed a read, write, fsync or rename (errno kept when known)."""
+
+
+class SaveInProgressError(CheckpointIOError):
+    """Another save to the same path holds its lock (raised only when asked not to wait)."""
 
 
 class NotACheckpointError(CheckpointError, FileNotFoundError):

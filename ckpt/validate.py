@@ -34,7 +34,7 @@ from ckpt.format import (
     align_up,
 )
 
-__all__ = ["check_index", "index_from_json"]
+__all__ = ["check_entry", "check_index", "index_from_json"]
 
 _TOP = {"alignment", "chunk_size", "partitions", "tensors", "aliases", "metadata"}
 _PART = {"file", "size", "crc32"}
@@ -42,45 +42,51 @@ _TENSOR = {"name", "dtype", "shape", "partition", "offset", "length"}
 
 
 def index_from_json(doc, minor: int, source: str) -> Index:
-    """An Index from the parsed JSON document; rejects missing, unknown or mistyped fields."""
+    """An Index from the parsed JSON document; rejects missing, unknown or mistyped fields.
+
+    Only the JSON shape (objects, arrays, keys) is checked here; every value is checked by
+    `check_index`, the one validator that the writer runs too, so what one accepts the other
+    accepts.
+    """
     lenient = minor > VERSION[1]  # a newer minor version may add optional keys: ignore them
     _keys(doc, _TOP, "the index", source, lenient)
     parts = []
     for i, p in enumerate(_list(doc["partitions"], "partitions", source)):
-        what = f"partition {i}"
-        _keys(p, _PART, what, source, lenient)
-        crcs = _list(p["crc32"], f"{what} crc32", source)
-        parts.append(Partition(_str(p["file"], f"{what} file", source),
-                               _int(p["size"], f"{what} size", source),
-                               tuple(_int(c, f"{what} crc32", source) for c in crcs)))
+        _keys(p, _PART, f"partition {i}", source, lenient)
+        parts.append(Partition(p["file"], p["size"],
+                               tuple(_list(p["crc32"], f"partition {i} crc32", source))))
     tensors = []
     for i, t in enumerate(_list(doc["tensors"], "tensors", source)):
-        what = f"tensor {i}"
-        _keys(t, _TENSOR, what, source, lenient)
-        name = _str(t["name"], f"{what} name", source)
-        what = f"tensor {name!r}"
-        shape = _list(t["shape"], f"{what} shape", source)
-        if len(shape) > MAX_NDIM:
-            raise ShapeError(f"{source}: {what} has {len(shape)} dimensions (at most "
-                             f"{MAX_NDIM})")
-        tensors.append(TensorEntry(
-            name, _str(t["dtype"], f"{what} dtype", source),
-            tuple(_int(d, f"{what} shape", source, negative_ok=True) for d in shape),
-            _int(t["partition"], f"{what} partition", source),
-            _int(t["offset"], f"{what} offset", source),
-            _int(t["length"], f"{what} length", source)))
-    index = Index(_int(doc["alignment"], "alignment", source),
-                  _int(doc["chunk_size"], "chunk_size", source),
-                  tuple(parts), tuple(tensors),
-                  _str_map(doc["aliases"], "aliases", source),
-                  _str_map(doc["metadata"], "metadata", source))
+        _keys(t, _TENSOR, f"tensor {i}", source, lenient)
+        tensors.append(TensorEntry(t["name"], t["dtype"],
+                                   tuple(_list(t["shape"], f"tensor {i} shape", source)),
+                                   t["partition"], t["offset"], t["length"]))
+    for key in ("aliases", "metadata"):
+        if not isinstance(doc[key], dict):
+            raise SchemaError(f"{source}: {key} must be a JSON object")
+    index = Index(doc["alignment"], doc["chunk_size"], tuple(parts), tuple(tensors),
+                  doc["aliases"], doc["metadata"])
     check_index(index, source)
     return index
 
 
 def check_index(index: Index, source: str = "index") -> None:
-    """Raise a FormatError subclass unless the index obeys every MUST rule of the format."""
-    a, chunk = index.alignment, index.chunk_size
+    """Raise a FormatError subclass unless the index obeys every MUST rule of the format.
+
+    The one validator: the writer runs it before anything is published and the reader after
+    parsing, so the writer accepts exactly what the reader accepts (types included: a float
+    in the metadata or a 65-dimension shape is refused before a save touches the old version).
+    """
+    if not isinstance(index, Index):
+        raise SchemaError(f"{source}: not an Index but a {type(index).__name__}")
+    a = _int(index.alignment, "alignment", source)
+    chunk = _int(index.chunk_size, "chunk_size", source)
+    for i, p in enumerate(index.partitions):
+        _check_partition_fields(p, f"partition {i}", source)
+    for i, t in enumerate(index.tensors):
+        check_entry(t, source, f"tensor {i}")
+    _str_map(index.aliases, "aliases", source)
+    _str_map(index.metadata, "metadata", source)
     if not MIN_ALIGNMENT <= a <= MAX_ALIGNMENT or a & (a - 1):
         raise LayoutError(f"{source}: alignment {a} is not a power of two in "
                           f"[{MIN_ALIGNMENT}, {MAX_ALIGNMENT}]")
@@ -134,6 +140,40 @@ def check_index(index: Index, source: str = "index") -> None:
         if target not in tensor_names:
             raise AliasError(f"{source}: alias {alias!r} points at {target!r}, which is not a "
                              f"stored tensor (aliases never chain)")
+
+
+def check_entry(t: TensorEntry, source: str = "index", what: str | None = None) -> None:
+    """The value types and ranges of one tensor entry (a writer checks each before its bytes)."""
+    if not isinstance(t, TensorEntry):
+        raise SchemaError(f"{source}: {what or 'tensor'} is a {type(t).__name__}, not a "
+                          f"TensorEntry")
+    name = _text(t.name, f"{what or 'tensor'} name", source)
+    what = f"tensor {name!r}"
+    _check_name(name, set(), f"{source}: {what}", source)
+    _text(t.dtype, f"{what} dtype", source)
+    if not isinstance(t.shape, (tuple, list)):
+        raise SchemaError(f"{source}: {what} shape must be an array, got "
+                          f"{type(t.shape).__name__}")
+    if len(t.shape) > MAX_NDIM:
+        raise ShapeError(f"{source}: {what} has {len(t.shape)} dimensions (at most {MAX_NDIM})")
+    for d in t.shape:
+        _int(d, f"{what} shape", source, negative_ok=True)
+    _int(t.partition, f"{what} partition", source)
+    _int(t.offset, f"{what} offset", source)
+    _int(t.length, f"{what} length", source)
+    if t.dtype in DTYPES:
+        _nbytes(t, f"{source}: {what}")  # negative or too many elements: ShapeError
+
+
+def _check_partition_fields(p: Partition, what: str, source: str) -> None:
+    if not isinstance(p, Partition):
+        raise SchemaError(f"{source}: {what} is a {type(p).__name__}, not a Partition")
+    _text(p.file, f"{what} file", source)
+    _int(p.size, f"{what} size", source)
+    if not isinstance(p.crc32, (tuple, list)):
+        raise SchemaError(f"{source}: {what} crc32 must be an array")
+    for c in p.crc32:
+        _int(c, f"{what} crc32", source)
 
 
 def _check_partitions(index: Index, source: str) -> None:
@@ -198,25 +238,32 @@ def _list(value, what: str, source: str) -> list:
 
 
 def _int(value, what: str, source: str, negative_ok: bool = False) -> int:
-    if type(value) is not int:
+    if type(value) is not int:  # bool and numpy integers too: JSON would not round-trip them
         raise SchemaError(f"{source}: {what} must be an integer, got {type(value).__name__}")
     if value < 0 and not negative_ok:
         raise SchemaError(f"{source}: {what} must not be negative, got {value}")
-    if value > MAX_BYTES:
+    if not -MAX_BYTES <= value <= MAX_BYTES:
         raise SchemaError(f"{source}: {what} {value} is out of range")
     return value
 
 
-def _str(value, what: str, source: str) -> str:
-    if not isinstance(value, str):
+def _text(value, what: str, source: str) -> str:
+    """A string that UTF-8 can encode (a lone surrogate cannot be written or read back)."""
+    if type(value) is not str:
         raise SchemaError(f"{source}: {what} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SchemaError(f"{source}: {what} {value[:40]!r} is not valid Unicode (a lone "
+                          f"surrogate)") from None
     return value
 
 
 def _str_map(value, what: str, source: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise SchemaError(f"{source}: {what} must be a JSON object")
+    if type(value) is not dict:
+        raise SchemaError(f"{source}: {what} must be a JSON object (a dict), got "
+                          f"{type(value).__name__}")
     for k, v in value.items():
-        if not isinstance(v, str):
-            raise SchemaError(f"{source}: {what}[{k!r}] must be a string")
-    return dict(value)
+        _text(k, f"{what} key", source)
+        _text(v, f"{what}[{k!r}]", source)
+    return value

@@ -8,9 +8,10 @@ fsynced, and the directory is published atomically (ckpt/atomic.py).
 
 from __future__ import annotations
 
+import operator
 import os
 
-from ckpt import atomic
+from ckpt import atomic, validate
 from ckpt.crc import crc32
 from ckpt.errors import (
     CheckpointError,
@@ -108,6 +109,9 @@ class _PartitionFile:
 class Writer:
     """Write a checkpoint directory at `path`; visible only after commit() (or a clean `with`).
 
+    Holds the path's save lock from creation to commit/abort: a second Writer of the same path
+    waits for it (wait=False: SaveInProgressError at once).
+
         with Writer(path) as w:
             w.add("w", "float32", (2, 3), data)   # data: bytes-like, or an iterable of them
             w.alias("w_tied", "w")
@@ -116,7 +120,7 @@ class Writer:
     def __init__(self, path: str | os.PathLike, *, alignment: int = DEFAULT_ALIGNMENT,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
                  partition_size: int = DEFAULT_PARTITION_SIZE,
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, wait: bool = True):
         self.path = os.path.abspath(os.fspath(path))
         self._config = Index(alignment, chunk_size, metadata=dict(metadata or {}))
         self._config.validate(self.path)  # checks alignment and chunk size early
@@ -129,12 +133,18 @@ class Writer:
         self._parts: list[Partition] = []
         self._current: _PartitionFile | None = None
         self.index: Index | None = None  # set by commit()
-        atomic.recover(self.path, index_ok)
-        if os.path.lexists(self.path) and not os.path.isfile(os.path.join(self.path,
-                                                                          INDEX_FILE)):
-            raise CheckpointError(f"{self.path} exists and is not a checkpoint: refusing to "
-                                  f"replace it")
-        self._tmp, self._token = atomic.temp_dir(self.path)
+        # one saver per path from recovery to publish; wait=False: SaveInProgressError
+        self._lock = atomic.lock(self.path, wait)
+        try:
+            atomic.recover(self.path, index_ok)
+            if os.path.lexists(self.path) and not os.path.isfile(os.path.join(self.path,
+                                                                              INDEX_FILE)):
+                raise CheckpointError(f"{self.path} exists and is not a checkpoint: refusing "
+                                      f"to replace it")
+            self._tmp, self._token = atomic.temp_dir(self.path)
+        except BaseException:
+            self._lock.release()
+            raise
         self._state = "open"
 
     @property
@@ -145,9 +155,14 @@ class Writer:
     def add(self, name: str, dtype: str, shape, data) -> None:
         """Append one tensor's bytes (C order). data: a buffer or an iterable of buffers."""
         self._check_open()
-        shape = tuple(int(d) for d in shape)
+        try:
+            shape = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            raise SchemaError(f"{name!r}: shape {shape!r} is not a sequence of integers") from None
         if dtype not in DTYPES:
             raise UnsupportedDtypeError(f"{name!r}: dtype {dtype!r} is not in the format")
+        # the reader's own rules, before a byte is written (length is checked below)
+        validate.check_entry(TensorEntry(name, dtype, shape, 0, 0, 0), self.path)
         self._claim(name)
         nbytes = DTYPES[dtype]
         for d in shape:
@@ -184,15 +199,17 @@ class Writer:
             c = self._config
             index = Index(c.alignment, c.chunk_size, tuple(self._parts), tuple(self._tensors),
                           dict(self._aliases), dict(c.metadata))
-            index.validate(self.path)
+            data = index.encode()  # runs the validator
+            Index.decode(data, self.path)  # the reader's own gate, on the very bytes to publish
             part = _PartitionFile(self._tmp, INDEX_FILE, c.chunk_size)  # checked writes
-            part.write(index.encode())
+            part.write(data)
             atomic.fsync_fd(part._fd, part.path)
             part.close()
             atomic.commit_dir(self._tmp, self.path, self._token)
         except BaseException:
             self.abort()
             raise
+        self._lock.release()
         self._state = "committed"
         self.index = index
         return index
@@ -202,10 +219,13 @@ class Writer:
         if self._state != "open":
             return
         self._state = "aborted"
-        if self._current is not None:
-            self._current.close()
-        if os.path.isdir(self._tmp):
-            atomic._remove_tree(self._tmp)
+        try:
+            if self._current is not None:
+                self._current.close()
+            if os.path.isdir(self._tmp):
+                atomic._remove_tree(self._tmp)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Writer:
         return self

@@ -76,7 +76,7 @@ def test_a_crash_at_any_call_leaves_old_or_new(tmp_path, exchange, first):
         state = _state(path)
         seen.add(state)
         assert state in (("absent", "new") if first else ("old", "new")), (k, state)
-        atomic.recover(path, index_ok)
+        assert atomic.try_recover(path, index_ok)  # as the next save does, under the lock
         assert _state(path) == state, k
         assert os.listdir(tmp_path) == ([] if state == "absent" else ["m"]), k
         if code == 0:
