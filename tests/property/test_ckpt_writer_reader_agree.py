@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckpt
+from ckpt.crc import crc32
 from ckpt.errors import CheckpointError, FormatError, SchemaError, ShapeError
 from ckpt.format import (
     BLOCK,
@@ -25,7 +26,6 @@ from ckpt.format import (
     align_up,
     encode_header,
 )
-from ckpt.crc import crc32
 
 _CHUNK = 1 << 20
 
