@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
+import stat
 import threading
 
 import numpy as np
@@ -36,7 +38,13 @@ class FileDevice(Device):
       preallocate reserve blocks with posix_fallocate when creating or growing (default 1)
       map         buffered files only: serve small-piece gathers from a shared read mapping
                   of the page cache (a memcpy instead of a pread system call per piece;
-                  default 1). Writes always use pwrite, so persist stays fdatasync.
+                  default 1). Writes always use pwrite, so persist stays fdatasync. A file
+                  truncated by someone else under the mapping gives DeviceIOError, not SIGBUS.
+      nofollow    refuse a symbolic link as the last path component, and anything but a
+                  regular file (for files inside directories that others can change)
+
+    The path is opened once, never blocking (a FIFO is refused, not waited on); the O_DIRECT
+    descriptor is reopened from that descriptor, so both always name the same file.
     """
 
     scheme = "file"
@@ -44,7 +52,8 @@ class FileDevice(Device):
 
     def __init__(self, path: str, *, size: int | None = None, create: bool | None = None,
                  direct: bool = False, bounce: bool = True, preallocate: bool = True,
-                 read_only: bool = False, map: bool = True, url: str | None = None):
+                 read_only: bool = False, map: bool = True, nofollow: bool = False,
+                 url: str | None = None):
         super().__init__(url or f"file://{path}", read_only=read_only)
         self.path = path
         self.direct_io = direct
@@ -61,12 +70,13 @@ class FileDevice(Device):
         if read_only and (not exists or size is not None):
             raise InvalidURLError(f"{self.url}: read_only cannot create or resize a file")
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-        self._fd = os.open(path, flags | (0 if exists else os.O_CREAT), 0o644)
+        self._fd = _open_checked(path, flags | (0 if exists else os.O_CREAT), nofollow,
+                                 self.url)
         self._fd_direct = -1
         try:
             self._len = self._set_size(size, preallocate, created=not exists)
             if direct:
-                self._fd_direct = _open_direct(path, flags, self.url)
+                self._fd_direct = _open_direct(self._fd, path, flags, self.url)
             # O_DIRECT users asked to bypass the page cache: never read it through a mapping
             self._map = (mmap.mmap(self._fd, self._len, mmap.MAP_SHARED, mmap.PROT_READ)
                          if map and not direct and self._len else None)
@@ -95,6 +105,7 @@ class FileDevice(Device):
             preallocate=url.take_bool("preallocate", True),
             read_only=url.take_bool("read_only"),
             map=url.take_bool("map", True),
+            nofollow=url.take_bool("nofollow"),
         )
         url.finish()
         return cls(url.path, url=url.text, **options)
@@ -189,11 +200,37 @@ class FileDevice(Device):
         os.close(self._fd)
 
 
-def _open_direct(path: str, flags: int, url: str) -> int:
+def _open_checked(path: str, flags: int, nofollow: bool, url: str) -> int:
+    """Open path without blocking on a FIFO; refuse what pread/pwrite cannot serve."""
+    flags |= os.O_NONBLOCK | (os.O_NOFOLLOW if nofollow else 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if nofollow and exc.errno == errno.ELOOP:
+            raise InvalidURLError(f"{url}: is a symbolic link (nofollow=1)") from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a writer, opened for writing; a socket
+            raise InvalidURLError(f"{url}: not a regular file or block device") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or (not nofollow and (stat.S_ISBLK(mode)
+                                                         or stat.S_ISCHR(mode)))):
+            raise InvalidURLError(f"{url}: not a regular file"
+                                  f"{'' if nofollow else ' or device'}")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_direct(fd: int, path: str, flags: int, url: str) -> int:
+    """A second, O_DIRECT descriptor of the file open as fd (through /proc: the same inode)."""
     if not hasattr(os, "O_DIRECT"):
         raise UnsupportedError(f"{url}: this platform has no O_DIRECT")
+    at = f"/proc/self/fd/{fd}"
     try:
-        return os.open(path, flags | os.O_DIRECT)
+        return os.open(at if os.path.exists(at) else path, flags | os.O_DIRECT)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise UnsupportedError(f"{url}: the file system does not support O_DIRECT (tmpfs?); "

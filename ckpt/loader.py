@@ -20,9 +20,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from bas import DeviceError
 from ckpt.crc import crc32
 from ckpt.errors import CheckpointIOError, ChecksumError, PartitionSizeError
-from ckpt.format import BLOCK, HEADER_SIZE, INDEX_FILE, Index, align_up, decode_header
+from ckpt.format import BLOCK, HEADER_SIZE, Index, align_up, decode_header
 from ckpt.pool import HostPool, allocate
 from ckpt.reader import (
     Chunk,
@@ -32,7 +33,7 @@ from ckpt.reader import (
     default_threads,
     read_chunks,
 )
-from ckpt.source import Source, open_source, read_index, resolve_dir
+from ckpt.source import Source, open_source
 from ckpt.tensors import views
 
 __all__ = ["as_tensor", "load", "load_from", "load_stream", "pack", "read_host", "read_packed",
@@ -193,23 +194,22 @@ def pack(path: str | os.PathLike, out) -> int:
     Packed form: the index file, zero padding to a multiple of 4096, then every partition
     in index order. Returns the bytes written.
     """
-    directory = resolve_dir(path)
-    index = read_index(directory)
-    with open(os.path.join(directory, INDEX_FILE), "rb") as f:
-        data = f.read()
-    out.write(data + bytes(align_up(len(data), BLOCK) - len(data)))
-    written = align_up(len(data), BLOCK)
-    block = bytearray(8 << 20)
-    for p in index.partitions:
-        with open(os.path.join(directory, p.file), "rb") as f:
-            left = p.size
-            while left:
-                n = f.readinto(memoryview(block)[:min(left, len(block))])
-                if not n:
-                    raise PartitionSizeError(f"{directory}/{p.file}: partition truncated")
-                out.write(memoryview(block)[:n])
-                left -= n
-                written += n
+    # one open: the index and partitions of one version, read through checked descriptors
+    with open_source(path, direct=False) as src:
+        data = src.index.encode()
+        out.write(data + bytes(align_up(len(data), BLOCK) - len(data)))
+        written = align_up(len(data), BLOCK)
+        block = bytearray(8 << 20)
+        for (dev, base), p in zip(src.parts, src.index.partitions, strict=True):
+            for off in range(0, p.size, len(block)):
+                piece = memoryview(block)[:min(len(block), p.size - off)]
+                try:
+                    dev.read_into(base + off, piece)
+                except DeviceError as exc:
+                    raise CheckpointIOError(getattr(exc, "errno", 0) or 0,
+                                            f"{src.name}/{p.file}: {exc}") from exc
+                out.write(piece)
+                written += len(piece)
     return written
 
 

@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from bas import Device, DeviceError, UnsupportedError, open_device
+from bas import Device, DeviceError, InvalidURLError, UnsupportedError, open_device
 from ckpt import atomic
 from ckpt.errors import (
     CheckpointError,
@@ -146,9 +146,9 @@ def _open_at(directory: str, dir_fd: int, direct: bool) -> Source:
         parts, all_direct = [], direct
         for p in index.partitions:
             full = os.path.join(directory, p.file)
-            _check_partition_file(full, p.size, p.file, dir_fd)
             dev, is_direct = _open_partition(full, direct, _fd_path(dir_fd, p.file, full))
             owned.append(dev)
+            _check_partition_size(dev, full, p.size)
             parts.append((dev, 0))
             all_direct = all_direct and is_direct
         return Source(index, parts, directory, direct=all_direct, owned=owned)
@@ -194,28 +194,31 @@ def packed_source(device: Device, offset: int = 0, name: str | None = None) -> S
     return Source(index, parts, name, direct=device.direct_io)
 
 
-def _check_partition_file(full: str, size: int, name: str, dir_fd: int) -> None:
-    try:
-        info = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise MissingPartitionError(f"{full}: partition file is missing") from None
-    if not stat.S_ISREG(info.st_mode):  # a symlink, FIFO or device could leak or hang
-        raise MissingPartitionError(f"{full}: partition is not a regular file")
-    if info.st_size != size:
-        kind = "truncated" if info.st_size < size else "extended"
-        raise PartitionSizeError(f"{full}: partition {kind}: {info.st_size} bytes, the index "
+def _check_partition_size(dev: Device, full: str, size: int) -> None:
+    """The opened file itself (not what the path named a moment before) has the index's size."""
+    if dev.size != size:
+        kind = "truncated" if dev.size < size else "extended"
+        raise PartitionSizeError(f"{full}: partition {kind}: {dev.size} bytes, the index "
                                  f"says {size}")
 
 
 def _open_partition(full: str, direct: bool, at: str) -> tuple[Device, bool]:
-    """Open the partition named full (in messages) through the path at."""
+    """Open the partition named full (in messages) through the path at.
+
+    Never through a link and never blocking (a FIFO or a link to /dev/zero swapped in after
+    the index was read is refused); the device reads through the descriptor it checked.
+    """
     try:
         if direct:
             try:
-                return open_device(at, direct=True, read_only=True), True
+                return open_device(at, direct=True, read_only=True, nofollow=True), True
             except UnsupportedError:
                 pass  # tmpfs and friends: buffered reads still work
-        return open_device(at, read_only=True), False
+        return open_device(at, read_only=True, nofollow=True), False
+    except FileNotFoundError:
+        raise MissingPartitionError(f"{full}: partition file is missing") from None
+    except InvalidURLError as exc:  # a link, FIFO, socket or device: what nofollow refuses
+        raise MissingPartitionError(f"{full}: partition is not a regular file ({exc})") from None
     except (DeviceError, OSError) as exc:
         raise CheckpointIOError(getattr(exc, "errno", None) or 0,
                                 f"opening partition {full} failed: {exc}") from exc

@@ -55,7 +55,7 @@ def test_a_removal_that_crashed_mid_delete_is_cleaned_not_resurrected(tmp_path):
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "rename-aside"])
-@pytest.mark.parametrize("hook", ["_check_partition_file", "_open_partition"])
+@pytest.mark.parametrize("hook", ["_fd_path", "_open_partition"])
 def test_load_racing_a_save_never_mixes_old_index_with_new_partitions(tmp_path, monkeypatch,
                                                                       exchange, hook):
     path = str(tmp_path / "m")
@@ -68,7 +68,7 @@ def test_load_racing_a_save_never_mixes_old_index_with_new_partitions(tmp_path, 
 
     def save_in_between(*args, **kwargs):  # after the index (and maybe part 0) is open
         calls.append(1)
-        if len(calls) == (1 if hook == "_check_partition_file" else 2):
+        if len(calls) == (1 if hook == "_fd_path" else 2):
             ckpt.save(NEW, path, **OPTIONS)
         return real(*args, **kwargs)
 
