@@ -1,5 +1,6 @@
 """bas: a storage-engine library for byte-addressable and other fast storage (BRAID devices)."""
 
+from bas._native import MAX_THREADS, crc32
 from bas.device import Device, Requests
 from bas.errors import (
     AlignmentError,
@@ -20,6 +21,7 @@ from bas.registry import BACKENDS, open_device, parse_size
 
 __all__ = [
     "BACKENDS",
+    "MAX_THREADS",
     "AlignmentError",
     "BackendUnavailableError",
     "CorruptionError",
@@ -35,6 +37,7 @@ __all__ = [
     "ReadOnlyError",
     "Requests",
     "UnsupportedError",
+    "crc32",
     "open_device",
     "parse_size",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bas import native
+from bas import _native as native
 from bas.errors import (
     CorruptionError,
     DeviceBusyError,
@@ -37,7 +37,8 @@ except ImportError as exc:  # pragma: no cover - only where PMDK is missing
 __all__ = ["CHUNK_ENTRY", "MIN_POOL", "MAX_ALLOC", "Info", "Pool", "TransactionError"]
 
 _C = ffi.new("struct bas_pmem_consts *")
-lib.bas_pmem_consts(_C)
+if lib.bas_pmem_consts(_C):  # pragma: no cover - the C side cannot fail today
+    raise ImportError("bas pmem extension: reading PMDK's constants failed")
 MIN_POOL: int = _C.min_pool
 MAX_ALLOC: int = _C.max_alloc
 MAGIC: int = _C.magic
@@ -166,18 +167,21 @@ class Pool:
             raise LayoutError(f"{where}: bas pool format version {info.version}, this build "
                               f"reads version {VERSION}")
         addr, size, is_pmem = ffi.new("uint64_t *"), ffi.new("uint64_t *"), ffi.new("int *")
-        lib.bas_pmem_region(self._handle, addr, size, is_pmem)
+        self._raise(lib.bas_pmem_region(self._handle, addr, size, is_pmem), "region")
         self._region_addr, self._region_size = int(addr[0]), int(size[0])
         self._chunk_size, self._nchunks = int(info.chunk_size), int(info.nchunks)
         self.is_pmem = bool(is_pmem[0])
         return Info(int(info.version), int(info.region_size), int(info.chunk_size),
                     int(info.nchunks))
 
-    @property
-    def region_address(self) -> int:
-        """The mapped region's address (valid until close; 0 before attach)."""
-        self._live("region_address")
-        return self._region_addr
+    def region(self):
+        """The mapped region as a writable buffer object (no raw address leaves this module).
+
+        REQUIRES: the pool stays open while the buffer is used; the device that owns the pool
+        drops its reference before close (Device.close waits for calls in flight).
+        """
+        self._attached("region")
+        return ffi.buffer(ffi.cast("uint8_t *", self._region_addr), self._region_size)
 
     def read_table(self) -> np.ndarray:
         """A copy of the whole chunk table (fields crc and pending)."""
@@ -240,7 +244,7 @@ class Pool:
     def tx_stage(self) -> int:
         """This thread's PMDK transaction stage (STAGE_NONE, STAGE_WORK, ...)."""
         stage = ffi.new("int *")
-        lib.bas_pmem_tx_stage(stage)
+        self._raise(lib.bas_pmem_tx_stage(stage), "tx_stage")
         return stage[0]
 
     def tx_begin(self) -> None:

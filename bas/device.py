@@ -23,13 +23,14 @@ before that may lose or tear it. Non-persistent devices (DRAM) accept persist() 
 
 from __future__ import annotations
 
+import operator
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
-from bas import native
+from bas import _native as native
 from bas.errors import (
     AlignmentError,
     DeviceClosedError,
@@ -124,7 +125,7 @@ class Device:
         AlignmentError, DeviceClosedError or DeviceIOError.
         """
         view = _byte_view(out, writable=True)
-        self._check_range(offset, view.nbytes, "read")
+        offset = self._check_range(offset, view.nbytes, "read")
         self._check_aligned(offset, view.nbytes, view, "read")
         with self._op("read", offset, view.nbytes):
             if view.nbytes:
@@ -133,10 +134,11 @@ class Device:
 
     def read(self, offset: int, length: int) -> bytes:
         """The bytes at [offset, offset + length)."""
-        if not isinstance(length, (int, np.integer)) or length < 0:
+        length = _as_int(length, f"{self.url}: read length")
+        if length < 0:
             raise OutOfBoundsError(f"{self.url}: length must be a non-negative int, got "
                                    f"{length!r}")
-        buf = self._aligned_buffer(int(length))
+        buf = self._aligned_buffer(length)
         self.read_into(offset, buf)
         return bytes(buf)
 
@@ -144,7 +146,7 @@ class Device:
         """Store `data` (any bytes-like object) at offset. Durable after the next persist()."""
         view = _byte_view(data, writable=False)
         self._check_writable("write")
-        self._check_range(offset, view.nbytes, "write")
+        offset = self._check_range(offset, view.nbytes, "write")
         self._check_aligned(offset, view.nbytes, view, "write")
         with self._op("write", offset, view.nbytes):
             if view.nbytes:
@@ -289,15 +291,16 @@ class Device:
         if self.read_only:
             raise ReadOnlyError(f"{self.url}: {what} on a device opened read-only")
 
-    def _check_range(self, offset, length: int, what: str) -> None:
+    def _check_range(self, offset, length: int, what: str) -> int:
+        """The offset as a Python int (numpy integers would wrap in the sum), checked."""
         if self._closed:
             raise DeviceClosedError(f"{self.url}: {what} on a closed device")
-        if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool):
-            raise OutOfBoundsError(f"{self.url}: {what} offset must be an int, got {offset!r}")
+        offset = _as_int(offset, f"{self.url}: {what} offset")
         size = self._size()
         if offset < 0 or offset + length > size:
             raise OutOfBoundsError(f"{self.url}: {what} of {length} bytes at offset {offset} "
                                    f"is outside the device's {size} bytes")
+        return offset
 
     def _check_aligned(self, offset: int, length: int, view: memoryview, what: str) -> None:
         a = self.alignment
@@ -352,7 +355,18 @@ def _byte_view(buf, *, writable: bool) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
+def _as_int(value, what: str) -> int:
+    """operator.index(value) as a Python int; bools and non-integers are OutOfBoundsError."""
+    if isinstance(value, (bool, np.bool_)):
+        raise OutOfBoundsError(f"{what} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise OutOfBoundsError(f"{what} must be an int, got {value!r}") from None
+
+
 def _threads(threads: int) -> int:
-    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+    if (isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer))
+            or threads < 1):
         raise ValueError(f"threads must be a positive int, got {threads!r}")
-    return min(int(threads), native.MAX_THREADS)
+    return min(operator.index(threads), native.MAX_THREADS)

@@ -28,8 +28,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from bas import _native as native
 from bas import _pmemobj as pmemobj
-from bas import native
 from bas.device import Device, Requests, _byte_view
 from bas.errors import (
     CorruptionError,
@@ -99,7 +99,7 @@ class PmemDevice(Device):
             if chunk is not None and chunk != info.chunk_size:
                 raise InvalidURLError(f"{self.url}: the pool uses chunk={info.chunk_size}")
             self._len, self._chunk, self._nchunks = info.region_size, info.chunk_size, info.nchunks
-            self._addr = self._pool.region_address
+            self._region = self._pool.region()
             self._dirty = np.zeros(self._nchunks, dtype=bool)
             self._recover(verify)
         except BaseException:
@@ -147,17 +147,17 @@ class PmemDevice(Device):
         return self._len
 
     def _read_into(self, offset: int, view: memoryview) -> None:
-        native.mem_gather(self._addr, self._len, np.array([offset], np.uint64), None,
+        native.mem_gather(self._region, self._len, np.array([offset], np.uint64), None,
                           view.nbytes, view.nbytes, view, 1)
 
     def _write(self, offset: int, view: memoryview) -> None:
         first, last = offset // self._chunk, (offset + view.nbytes - 1) // self._chunk
         with self._writing(np.arange(first, last + 1, dtype=np.uint64)):
-            native.mem_scatter(self._addr, self._len, np.array([offset], np.uint64), None,
+            native.mem_scatter(self._region, self._len, np.array([offset], np.uint64), None,
                                view.nbytes, view.nbytes, view, 1)
 
     def _read_many(self, req: Requests, out: memoryview, threads: int) -> None:
-        native.mem_gather(self._addr, self._len, req.offsets, req.lengths, req.uniform,
+        native.mem_gather(self._region, self._len, req.offsets, req.lengths, req.uniform,
                           req.total, out, threads)
 
     def _write_many(self, req: Requests, data: memoryview, threads: int) -> None:
@@ -170,7 +170,7 @@ class PmemDevice(Device):
         ends = np.bincount(last.astype(np.int64) + 1, minlength=self._nchunks + 1)
         touched = np.flatnonzero(np.cumsum(starts - ends)[:self._nchunks] > 0)
         with self._writing(touched.astype(np.uint64)):
-            native.mem_scatter(self._addr, self._len, req.offsets, req.lengths, req.uniform,
+            native.mem_scatter(self._region, self._len, req.offsets, req.lengths, req.uniform,
                                req.total, data, threads)
 
     @contextmanager
@@ -234,7 +234,7 @@ class PmemDevice(Device):
         self._pool.persist(offs, ends - offs)
 
     def _close(self) -> None:
-        self._addr = 0
+        self._region = None  # the mapping dies with the pool: no call may reach it after
         self._pool.close()
 
     # -- failure-atomic write -------------------------------------------------------------
@@ -248,7 +248,7 @@ class PmemDevice(Device):
         """
         view = _byte_view(data, writable=False)
         self._check_writable("write_atomic")
-        self._check_range(offset, view.nbytes, "write_atomic")
+        offset = self._check_range(offset, view.nbytes, "write_atomic")
         step = hook or (lambda name: None)
         with self._op("write_atomic", offset, view.nbytes):
             if not view.nbytes:

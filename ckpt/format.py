@@ -12,7 +12,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from bas import native
+from bas import crc32 as _crc32
 from ckpt.errors import (
     BadMagicError,
     IndexDecodeError,
@@ -161,7 +161,7 @@ class Index:
         if len(body) > MAX_INDEX_BYTES:
             raise IndexTooLargeError(f"index of {len(body)} bytes exceeds the cap of "
                                      f"{MAX_INDEX_BYTES} bytes (too many tensors or metadata)")
-        return encode_header(len(body), native.crc32(body)) + body
+        return encode_header(len(body), _crc32(body)) + body
 
     @classmethod
     def decode(cls, data: bytes, source: str = "index") -> Index:
@@ -173,14 +173,14 @@ class Index:
             raise IndexTooLargeError(f"{source}: header declares an index of {length} bytes but "
                                      f"the file holds {len(data) - HEADER_SIZE} after the header")
         body = bytes(data[HEADER_SIZE:])
-        if native.crc32(body) != crc:
+        if _crc32(body) != crc:
             raise IndexDecodeError(f"{source}: index checksum mismatch (corrupted index)")
         return validate.index_from_json(_parse_json(body, source), minor, source)
 
 
 def encode_header(length: int, crc: int) -> bytes:
     head = _HEADER.pack(MAGIC, VERSION[0], VERSION[1], 0, length, crc, 0)
-    return head[:-4] + struct.pack("<I", native.crc32(head[:-4]))
+    return head[:-4] + struct.pack("<I", _crc32(head[:-4]))
 
 
 def decode_header(head: bytes, source: str = "index") -> tuple[int, int, int]:
@@ -193,7 +193,7 @@ def decode_header(head: bytes, source: str = "index") -> tuple[int, int, int]:
     magic, major, minor, flags, length, crc, head_crc = _HEADER.unpack(head[:HEADER_SIZE])
     if magic != MAGIC:
         raise BadMagicError(f"{source}: not a bas checkpoint index (bad magic {magic!r})")
-    if native.crc32(head[:HEADER_SIZE - 4]) != head_crc:
+    if _crc32(head[:HEADER_SIZE - 4]) != head_crc:
         raise IndexDecodeError(f"{source}: header checksum mismatch (corrupted header)")
     if major != VERSION[0]:
         raise UnsupportedVersionError(f"{source}: format version {major}.{minor}; this reader "

@@ -197,15 +197,15 @@ def _pin(slab: _Slab) -> bool:
     """Page-lock the slab for DMA; False (left pageable) when CUDA refuses."""
     import torch
 
-    from bas import native
-
-    ptr = native.address_of(slab.mem)
-    return int(torch.cuda.cudart().cudaHostRegister(ptr, slab.size, 0)) == 0
+    return int(torch.cuda.cudart().cudaHostRegister(_address(slab), slab.size, 0)) == 0
 
 
 def _unpin(slab: _Slab) -> None:
     import torch
 
-    from bas import native
+    torch.cuda.cudart().cudaHostUnregister(_address(slab))
 
-    torch.cuda.cudart().cudaHostUnregister(native.address_of(slab.mem))
+
+def _address(slab: _Slab) -> int:
+    """The slab's first byte, for CUDA's registration calls (which take addresses)."""
+    return int(np.frombuffer(slab.mem, dtype=np.uint8).ctypes.data)

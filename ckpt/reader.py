@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bas import DeviceError, native
+from bas import MAX_THREADS, DeviceError
 from ckpt.crc import crc32
 from ckpt.errors import CheckpointIOError, ChecksumError
 from ckpt.format import Index
@@ -87,7 +87,7 @@ def default_threads(source: Source, profile=None) -> int:
     if profile is not None:
         return max(1, int(profile.best_threads("read", "sequential",
                                                access_size=source.index.chunk_size)))
-    return max(1, min(max(4, os.cpu_count() or 1), native.MAX_THREADS))
+    return max(1, min(max(4, os.cpu_count() or 1), MAX_THREADS))
 
 
 def read_chunk(source: Source, chunk: Chunk, view, verify: bool) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from bas import native
+from bas import crc32 as _crc32
 from ckpt import errors as E
 from ckpt.format import HEADER_SIZE, INDEX_FILE, MAGIC
 
@@ -90,9 +90,9 @@ def write_raw_index(directory: str, body: bytes, *, major: int = 1, minor: int =
                     flags: int = 0, length: int | None = None) -> None:
     """An index file with a correct header around any body (so the body's rules are hit)."""
     length = len(body) if length is None else length
-    head = struct.pack("<8sHHIQI", MAGIC, major, minor, flags, length, native.crc32(body))
+    head = struct.pack("<8sHHIQI", MAGIC, major, minor, flags, length, _crc32(body))
     with open(os.path.join(directory, INDEX_FILE), "wb") as f:
-        f.write(head + struct.pack("<I", native.crc32(head)) + body)
+        f.write(head + struct.pack("<I", _crc32(head)) + body)
 
 
 def rewrite_index(directory: str, edit: Callable[[dict], None], **header) -> None:

@@ -3,6 +3,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +38,60 @@ struct bas_slice {
 	uint64_t pos;		/* where request lo starts in buf */
 	int rc;
 };
+
+/*
+ * SIGBUS guard. A mapping of a file that someone else truncates faults with SIGBUS on the
+ * pages past the new end; without a guard that kills the interpreter. While a worker copies
+ * to or from a mapping, guard_jmp points at its jump buffer and the handler jumps back into
+ * run_slice, which fails the request with -EIO. A SIGBUS outside a guarded copy goes to the
+ * handler that was there before (Python's faulthandler, or the default: a core dump).
+ */
+static __thread sigjmp_buf *guard_jmp;
+static struct sigaction prev_bus;
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* bus_handler -- jump back into a guarded copy, or pass the signal on */
+static void
+bus_handler(int sig, siginfo_t *info, void *ctx)
+{
+	sigjmp_buf *jb = guard_jmp;
+	if (jb != NULL)
+		siglongjmp(*jb, 1);
+	if (prev_bus.sa_flags & SA_SIGINFO) {
+		if (prev_bus.sa_sigaction != NULL)
+			prev_bus.sa_sigaction(sig, info, ctx);
+		return;
+	}
+	if (prev_bus.sa_handler == SIG_IGN)
+		return;
+	if (prev_bus.sa_handler == SIG_DFL) {
+		/* die the default way: the raised signal is delivered once this handler returns */
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	prev_bus.sa_handler(sig);
+}
+
+/* install_bus_guard -- make bus_handler the SIGBUS handler (again, if someone replaced it) */
+static int
+install_bus_guard(void)
+{
+	struct sigaction cur, act;
+	int rc = 0;
+	pthread_mutex_lock(&guard_lock);
+	if (sigaction(SIGBUS, NULL, &cur) == 0 && (!(cur.sa_flags & SA_SIGINFO) ||
+						   cur.sa_sigaction != bus_handler)) {
+		memset(&act, 0, sizeof(act));
+		act.sa_sigaction = bus_handler;
+		act.sa_flags = SA_SIGINFO | SA_ONSTACK;
+		sigemptyset(&act.sa_mask);
+		if (sigaction(SIGBUS, &act, &prev_bus))
+			rc = -errno;
+	}
+	pthread_mutex_unlock(&guard_lock);
+	return rc;
+}
 
 /* piece_len -- length of request i */
 static inline uint64_t
@@ -187,6 +243,42 @@ fd_piece(const struct bas_job *job, uint8_t *bounce, uint8_t *buf, uint64_t off,
 		: full_pwrite(job->fd_buffered, buf + head, len - head, off + head);
 }
 
+/* copy_slice -- move requests [lo, hi) of a memory job (may fault: see guarded_slice) */
+static __attribute__((noinline)) void
+copy_slice(const struct bas_slice *s)
+{
+	const struct bas_job *job = s->job;
+	uint64_t pos = s->pos;
+	for (uint64_t i = s->lo; i < s->hi; i++) {
+		uint64_t len = piece_len(job, i);
+		uint64_t off = job->offsets[i];
+		if (job->kind == MEM_GATHER) {
+			if (i + BAS_PREFETCH_AHEAD < s->hi)
+				__builtin_prefetch(job->base + job->offsets[i + BAS_PREFETCH_AHEAD]);
+			memcpy(job->buf + pos, job->base + off, len);
+		} else {
+			memcpy(job->base + off, job->buf + pos, len);
+		}
+		pos += len;
+	}
+}
+
+/* guarded_slice -- copy_slice under the SIGBUS guard: a fault fails the slice with -EIO */
+static void
+guarded_slice(struct bas_slice *s)
+{
+	sigjmp_buf jb;
+	if (sigsetjmp(jb, 1)) {
+		/* a SIGBUS in copy_slice: the mapped file shrank under us */
+		guard_jmp = NULL;
+		s->rc = -EIO;
+		return;
+	}
+	guard_jmp = &jb;
+	copy_slice(s);
+	guard_jmp = NULL;
+}
+
 /* run_slice -- worker body: move requests [lo, hi) */
 static void *
 run_slice(void *arg)
@@ -197,7 +289,11 @@ run_slice(void *arg)
 	uint64_t pos = s->pos;
 	s->rc = 0;
 
-	if ((job->kind == FD_GATHER || job->kind == FD_SCATTER) && job->fd_direct >= 0) {
+	if (job->kind == MEM_GATHER || job->kind == MEM_SCATTER) {
+		guarded_slice(s);
+		return NULL;
+	}
+	if (job->fd_direct >= 0) {
 		if (posix_memalign((void **)&bounce, job->align, BAS_BOUNCE_BYTES)) {
 			s->rc = -ENOMEM;
 			return NULL;
@@ -205,24 +301,11 @@ run_slice(void *arg)
 	}
 	for (uint64_t i = s->lo; i < s->hi; i++) {
 		uint64_t len = piece_len(job, i);
-		uint64_t off = job->offsets[i];
-		switch (job->kind) {
-		case MEM_GATHER:
-			if (i + BAS_PREFETCH_AHEAD < s->hi)
-				__builtin_prefetch(job->base + job->offsets[i + BAS_PREFETCH_AHEAD]);
-			memcpy(job->buf + pos, job->base + off, len);
+		s->rc = fd_piece(job, bounce, job->buf + pos, job->offsets[i], len);
+		if (s->rc)
 			break;
-		case MEM_SCATTER:
-			memcpy(job->base + off, job->buf + pos, len);
-			break;
-		default:
-			s->rc = fd_piece(job, bounce, job->buf + pos, off, len);
-			if (s->rc)
-				goto out;
-		}
 		pos += len;
 	}
-out:
 	free(bounce);
 	return NULL;
 }
@@ -285,7 +368,8 @@ bas_mem_gather(const uint8_t *base, const uint64_t *offsets, const uint64_t *len
 {
 	struct bas_job job = { MEM_GATHER, (uint8_t *)base, -1, -1, 1, 0, offsets, lengths,
 		uniform_len, out };
-	return run_job(&job, n, threads);
+	int rc = install_bus_guard();
+	return rc ? rc : run_job(&job, n, threads);
 }
 
 int
@@ -294,7 +378,8 @@ bas_mem_scatter(uint8_t *base, const uint64_t *offsets, const uint64_t *lengths,
 {
 	struct bas_job job = { MEM_SCATTER, base, -1, -1, 1, 0, offsets, lengths, uniform_len,
 		(uint8_t *)src };
-	return run_job(&job, n, threads);
+	int rc = install_bus_guard();
+	return rc ? rc : run_job(&job, n, threads);
 }
 
 int

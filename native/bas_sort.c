@@ -15,10 +15,18 @@
 #define TOP_BUCKETS 65536
 #define MAX_ENTRY 512
 
+/* bas_index_bytes -- bytes of record index in an entry */
 int
 bas_index_bytes(void)
 {
 	return INDEX_BYTES;
+}
+
+/* bas_max_entry_size -- the largest entry (key + index) the sort and merge kernels take */
+int
+bas_max_entry_size(void)
+{
+	return MAX_ENTRY;
 }
 
 /* put_index -- store a record index big-endian in INDEX_BYTES bytes */

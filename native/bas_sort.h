@@ -9,6 +9,9 @@
 /* bas_index_bytes -- bytes of record index in an entry (6: up to 2^48 records) */
 int bas_index_bytes(void);
 
+/* bas_max_entry_size -- the largest entry (key + index) the sort and merge kernels take */
+int bas_max_entry_size(void);
+
 /* bas_extract_entries -- build n entries from n whole records laid out back to back */
 int bas_extract_entries(const uint8_t *records, uint64_t n, uint64_t record_size,
 		uint64_t key_offset, uint64_t key_size, uint64_t first_index,

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from bas import native
+from bas import _native as native
 
 __all__ = ["CHUNK_BYTES", "RECORD_SIZE", "generate", "generate_into", "main", "write_file"]
 

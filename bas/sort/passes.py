@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bas import native
+from bas import _native as native
 from bas.device import Device
 from bas.phase import run_phase, sequential_phase
 from bas.sort.plan import Plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bas import native
+from bas import _native as native
 
 __all__ = ["Plan", "make_plan"]
 

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from bas import native
+from bas import _native as native
 from bas.device import Device
 from bas.sort.passes import (
     Job,

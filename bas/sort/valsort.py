@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bas import native
+from bas import _native as native
 
 __all__ = [
     "CHUNK_BYTES",

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bas import native
+from bas import _native as native
 
 
 @st.composite

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ckpt
-from bas import native
+from bas import crc32 as _crc32
 from ckpt import errors as E
 from ckpt.format import (
     DTYPES,
@@ -58,15 +58,15 @@ def test_encoding_is_deterministic_compact_json():
 
 def test_crc32_is_zlib_crc32():
     data = bytes(range(256)) * 17
-    assert native.crc32(data) == zlib.crc32(data)
-    assert native.crc32(data[100:], native.crc32(data[:100])) == zlib.crc32(data)
+    assert _crc32(data) == zlib.crc32(data)
+    assert _crc32(data[100:], _crc32(data[:100])) == zlib.crc32(data)
 
 
 def test_header_checks_cap_before_reading_the_index():
     head = _index().encode()[:HEADER_SIZE]
     assert decode_header(head)[1] == len(_index().encode()) - HEADER_SIZE
     big = struct.pack("<8sHHIQI", MAGIC, 1, 0, 0, MAX_INDEX_BYTES + 1, 0)
-    big += struct.pack("<I", native.crc32(big))
+    big += struct.pack("<I", _crc32(big))
     with pytest.raises(E.IndexTooLargeError, match="cap"):
         decode_header(big)
 
@@ -77,8 +77,8 @@ def test_newer_minor_version_ignores_unknown_keys_older_rejects_them():
     doc["tensors"][0]["future"] = 1
     body = json.dumps(doc).encode()
     for minor, ok in ((VERSION[1] + 1, True), (VERSION[1], False)):
-        head = struct.pack("<8sHHIQI", MAGIC, 1, minor, 0, len(body), native.crc32(body))
-        data = head + struct.pack("<I", native.crc32(head)) + body
+        head = struct.pack("<8sHHIQI", MAGIC, 1, minor, 0, len(body), _crc32(body))
+        data = head + struct.pack("<I", _crc32(head)) + body
         if ok:
             assert Index.decode(data).tensors[0].name == "a"
         else:

@@ -1,8 +1,10 @@
 """The one module that imports the compiled core extension and wraps each C function.
 
-Every wrapper checks its arguments (types, sizes, bounds against the given buffers) before it
-calls C, so misuse raises a Python error instead of touching memory it should not. Callers
-(the device backends) check device bounds; this module checks buffer bounds.
+Private to bas: the public surface is the Device contract (and `bas.crc32`). Every wrapper
+checks its arguments (types, sizes, bounds against the given buffers) before it calls C, and
+takes memory only as buffer objects, never as integer addresses, so misuse raises a Python
+error instead of touching memory it should not. Every C status is checked. Callers (the
+device backends) check device bounds; this module checks buffer bounds.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def mem_gather(base, base_len: int, offs, lens, uniform, total, out, threads=1) 
     """Copy pieces [offs[i], offs[i]+len_i) of the region at base into out, packed."""
     total = _checked_total(offs, lens, uniform, total)
     _check_fit(len(memoryview(out).cast("B")), total, "out")
-    _check_region(offs, lens, uniform, base_len)
+    _check_region(offs, lens, uniform, min(base_len, _region_len(base)))
     uniform, n = _effective_uniform(lens, uniform, offs.size)
     with _pointer(base) as b, ffi.from_buffer(out, require_writable=True) as o:
         rc = lib.bas_mem_gather(b, ffi.from_buffer("uint64_t[]", offs), _lens_ptr(lens),
@@ -147,7 +149,7 @@ def mem_scatter(base, base_len: int, offs, lens, uniform, total, src, threads=1)
     """Copy the packed pieces of src into [offs[i], offs[i]+len_i) of the region at base."""
     total = _checked_total(offs, lens, uniform, total)
     _check_fit(len(memoryview(src).cast("B")), total, "data")
-    _check_region(offs, lens, uniform, base_len)
+    _check_region(offs, lens, uniform, min(base_len, _region_len(base)))
     uniform, n = _effective_uniform(lens, uniform, offs.size)
     with _pointer(base, writable=True) as b, ffi.from_buffer(src) as s:
         rc = lib.bas_mem_scatter(b, ffi.from_buffer("uint64_t[]", offs), _lens_ptr(lens),
@@ -193,22 +195,31 @@ def crc32(data, crc: int = 0) -> int:
 
 
 class _pointer:
-    """A C pointer to a region given as a buffer object or as (address, owner) int address."""
+    """A C pointer to a region given as a buffer object (an int address is refused)."""
 
     def __init__(self, base, writable: bool = False):
+        if isinstance(base, (int, np.integer)):
+            raise TypeError("a region must be a buffer object (bytearray, mmap, numpy array, "
+                            "a pool's region), not an integer address")
         self._base = base
         self._writable = writable
         self._handle = None
 
     def __enter__(self):
-        if isinstance(self._base, int):
-            return ffi.cast("uint8_t *", self._base)
         self._handle = ffi.from_buffer(self._base, require_writable=self._writable)
         return self._handle
 
     def __exit__(self, *exc):
         if self._handle is not None:
             ffi.release(self._handle)
+
+
+def _region_len(base) -> int:
+    """Bytes of the region buffer itself: a caller's length never reaches past it."""
+    if isinstance(base, (int, np.integer)):
+        raise TypeError("a region must be a buffer object (bytearray, mmap, numpy array, "
+                        "a pool's region), not an integer address")
+    return memoryview(base).nbytes
 
 
 def _check_region(offs: np.ndarray, lens, uniform: int, base_len: int) -> None:
@@ -331,7 +342,7 @@ def valsort_combine(acc: dict, nxt: dict) -> dict:
 # -- sort kernels (bas_sort.h) ---------------------------------------------------------------
 
 INDEX_BYTES: int = lib.bas_index_bytes()
-MAX_ENTRY_SIZE = 512
+MAX_ENTRY_SIZE: int = lib.bas_max_entry_size()
 
 
 def _buffer_len(buf) -> int:
@@ -387,7 +398,10 @@ def entry_offsets(entries, n: int, key_size: int, record_size: int, base: int = 
     _check_fit(_buffer_len(entries), n * es, "entries")
     out = np.empty(n, dtype=np.uint64)
     with ffi.from_buffer(entries) as e:
-        lib.bas_entry_offsets(e, n, es, record_size, base, ffi.from_buffer("uint64_t[]", out))
+        rc = lib.bas_entry_offsets(e, n, es, record_size, base,
+                                   ffi.from_buffer("uint64_t[]", out))
+    if rc:
+        _raise_errno(rc, "entry offsets")
     return out
 
 

@@ -1,0 +1,126 @@
+"""No public call can kill the interpreter: no raw addresses, SIGBUS becomes DeviceIOError,
+offsets are Python integers before any arithmetic, limits come from C."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import bas
+from bas import OutOfBoundsError, open_device
+from bas import _native as native
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter: a crash there is a failed test, not a dead pytest."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_mem_gather_with_integer_address_raises_instead_of_segfault():
+    proc = _run("""
+        import numpy as np
+        from bas import _native as native
+        offs = np.zeros(1, np.uint64)
+        for base in (0, np.uint64(4096), 1 << 40):
+            try:
+                native.mem_gather(base, 1 << 20, offs, None, 8, 8, bytearray(8))
+            except TypeError as exc:
+                assert "integer address" in str(exc)
+            else:
+                raise SystemExit("accepted an integer address")
+        print("ok")
+    """)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == "ok"
+
+
+def test_region_length_comes_from_the_buffer_not_the_caller():
+    with pytest.raises(ValueError, match="reaches past"):
+        native.mem_gather(bytearray(16), 1 << 30, np.array([64], np.uint64), None, 8, 8,
+                          bytearray(8))
+
+
+def test_binding_module_is_private():
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("bas.native")
+    assert bas.crc32(b"123456789") == 0xCBF43926  # the public checksum
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_file_truncated_under_the_mapping_raises_device_io_error_not_sigbus(tmp_path,
+                                                                            threads):
+    path = tmp_path / "data.bin"
+    proc = _run(f"""
+        import faulthandler, subprocess, sys
+        import numpy as np
+        from bas import DeviceIOError, open_device
+        faulthandler.enable()  # as pytest does: the guard must win over it
+        dev = open_device({str(path)!r}, size=8 << 20)
+        dev.write(0, bytes(range(256)) * 4096)
+        offs = np.arange(0, 8 << 20, 4096 * 3, dtype=np.uint64)
+        first = dev.read_many(offs, 100, threads={threads})  # small pieces: the mapping
+        assert bytes(first[:4]) == bytes(range(4))
+        # another process rewrites the file (truncates it), as a sort's input may be
+        subprocess.run([sys.executable, "-c",
+                        "import os; os.truncate({str(path)!r}, 4096)"], check=True)
+        try:
+            dev.read_many(offs, 100, threads={threads})
+        except DeviceIOError as exc:
+            print("DeviceIOError", exc)
+        else:
+            raise SystemExit("read past the truncated end without an error")
+        assert bytes(dev.read_many(offs[:1], 100)[:4]) == bytes(range(4))  # still usable
+        dev.close()
+        print("ok")
+    """)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "DeviceIOError" in proc.stdout and proc.stdout.strip().endswith("ok")
+
+
+def test_sigbus_outside_a_guarded_copy_still_kills_the_default_way(tmp_path):
+    """The guard hands foreign faults on: a bug elsewhere is not silently swallowed."""
+    proc = _run("""
+        import ctypes, os, signal
+        from bas import open_device
+        dev = open_device("dram://?size=4096")
+        dev.read_many([0], 8)  # installs the guard
+        os.kill(os.getpid(), signal.SIGBUS)
+        print("survived")
+    """)
+    assert proc.returncode == -7 and "survived" not in proc.stdout  # SIGBUS
+
+
+@pytest.mark.parametrize("offset", [np.uint64(2**64 - 10), np.uint64(2**63), 2**64 - 10,
+                                    np.int64(-1)])
+def test_huge_numpy_offset_is_out_of_bounds_not_wrapped(offset):
+    with open_device("dram://?size=4096") as dev:
+        with pytest.raises(OutOfBoundsError):
+            dev.read(offset, 20)
+        with pytest.raises(OutOfBoundsError):
+            dev.write(offset, b"x" * 20)
+        with pytest.raises(OutOfBoundsError):
+            dev.read_into(offset, bytearray(20))
+
+
+@pytest.mark.parametrize("bad", [1.5, "8", True, np.float64(3), None])
+def test_non_integer_offsets_and_lengths_are_refused(bad):
+    with open_device("dram://?size=4096") as dev:
+        with pytest.raises(OutOfBoundsError):
+            dev.read(bad, 4)
+        with pytest.raises(OutOfBoundsError):
+            dev.read(0, bad)
+
+
+def test_sort_limits_come_from_c():
+    assert native.MAX_ENTRY_SIZE == native.lib.bas_max_entry_size()
+    assert native.MAX_THREADS == native.lib.bas_max_threads()
+    with pytest.raises(ValueError):
+        native.entry_size(native.MAX_ENTRY_SIZE - native.INDEX_BYTES + 1)
+    assert native.entry_size(native.MAX_ENTRY_SIZE - native.INDEX_BYTES) == \
+        native.MAX_ENTRY_SIZE
