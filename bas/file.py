@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from bas import native
+from bas import _native as native
 from bas.device import Device, Requests
 from bas.errors import DeviceIOError, InvalidURLError, UnsupportedError
 from bas.registry import DeviceURL
