@@ -1,6 +1,10 @@
 """Convert safetensors files (single or sharded), torch .pt/.bin files and Hugging Face model
 directories into checkpoints, streaming: one tensor (safetensors: one 8 MiB piece) at a time.
 
+A source is recognised by its content, never by its name: safetensors (u64 header length, then
+'{'), torch zip archives (a zip with a data.pkl), legacy torch files (pickle protocol 2-5) and
+JSON shard indexes; anything else is refused as "not a recognised format".
+
 torch files are read with torch.load(weights_only=True), which refuses to run pickled code,
 and mmap=True where the file allows, so tensors are paged in as they are written out.
 """
@@ -10,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
+import zipfile
 from collections.abc import Callable, Mapping
 
 from ckpt.errors import ConvertError
 from ckpt.format import Index
-from ckpt.safetensors import SafetensorsFile
+from ckpt.safetensors import MAX_HEADER, SafetensorsFile
 from ckpt.writer import Writer
 
 __all__ = ["convert", "detect"]
@@ -26,42 +32,91 @@ MAX_CONFIG = 1 << 20
 
 
 def detect(src: str) -> tuple[str, list[str]]:
-    """(kind, files) of a source: kind is "safetensors" or "torch"; files in write order."""
+    """(kind, files) of a source recognised by its content: kind is "safetensors" or "torch";
+    files in write order. ConvertError naming the source when it is no format we read."""
     if os.path.isdir(src):
-        for name in _HF_FILES:
-            if os.path.isfile(os.path.join(src, name)):
-                return detect(os.path.join(src, name))
-        raise ConvertError(f"{src}: no {' or '.join(_HF_FILES)} in this directory")
-    if not os.path.isfile(src):
-        raise ConvertError(f"{src}: no such file")
-    if src.endswith(".json"):
+        return detect(_weights_in(src))
+    kind = _sniff(src)
+    if kind == "index":
         return _sharded(src)
-    with open(src, "rb") as f:
-        head = f.read(16)
-    if head[:4] == b"PK\x03\x04" or head[:2] == b"\x80\x02" or src.endswith((".pt", ".pth",
-                                                                            ".bin")):
-        return "torch", [src]
-    return "safetensors", [src]
+    return kind, [src]
+
+
+def _sniff(path: str) -> str:
+    """"safetensors", "torch" or "index" (a JSON shard index), from the bytes of path."""
+    if not os.path.isfile(path):
+        raise ConvertError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            if len(head) > 8 and head[8:9] == b"{":  # u64 header length, then the JSON header
+                (n,) = struct.unpack("<Q", head[:8])
+                if 2 <= n <= MAX_HEADER:
+                    return "safetensors"
+            if head[:4] == b"PK\x03\x04" and _holds_data_pkl(f):  # torch.save's zip archive
+                return "torch"
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot read ({exc.strerror})") from None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch"  # a legacy (pre-zip) torch file: pickle protocol 2 to 5
+    if head.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] == b"{":
+        return "index"
+    seen = f"starts with {head[:8]!r}" if head else "an empty file"
+    raise ConvertError(f"{path}: not a recognised format ({seen}; expected safetensors, a torch "
+                       f".pt/.bin file or a shard index .json)")
+
+
+def _holds_data_pkl(f) -> bool:
+    try:
+        names = zipfile.ZipFile(f).namelist()
+    except Exception:  # noqa: BLE001 - zipfile fails in many ways on damaged archives
+        return False
+    return any(n == "data.pkl" or n.endswith("/data.pkl") for n in names)
+
+
+def _weights_in(directory: str) -> str:
+    """The file naming a model directory's weights: a standard Hugging Face name, else the one
+    shard index, .safetensors file or torch file in it."""
+    for name in _HF_FILES:
+        if os.path.isfile(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    names = sorted(os.listdir(directory))
+    for suffixes in ((".safetensors.index.json", ".bin.index.json"), (".safetensors",),
+                     (".bin", ".pt", ".pth")):
+        found = [n for n in names if n.endswith(suffixes)
+                 and os.path.isfile(os.path.join(directory, n))]
+        if len(found) == 1:
+            return os.path.join(directory, found[0])
+        if found:
+            raise ConvertError(f"{directory}: several weight files {found[:4]} and no shard "
+                               f"index; convert one file or add a shard index")
+    raise ConvertError(f"{directory}: not a recognised format (no {', '.join(_HF_FILES)}, shard "
+                       f"index, .safetensors or .bin file in this directory)")
 
 
 def _sharded(index_path: str) -> tuple[str, list[str]]:
     try:
         with open(index_path, "rb") as f:
-            doc = json.loads(f.read(64 << 20).decode("utf-8"))
+            doc = json.loads(f.read(64 << 20).decode("utf-8-sig"))
         weight_map = doc["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError,
             RecursionError) as exc:
-        raise ConvertError(f"{index_path}: not a shard index ({exc})") from None
+        raise ConvertError(f"{index_path}: not a recognised format (starts like JSON but "
+                           f"is no shard index: {exc!r})") from None
     shards: list[str] = []
     for shard in weight_map.values():
         if not isinstance(shard, str) or not _SHARD_NAME.match(shard):
             raise ConvertError(f"{index_path}: unsafe shard file name {shard!r}")
         if shard not in shards:
             shards.append(shard)
-    kind = "safetensors" if all(s.endswith(".safetensors") for s in shards) else "torch"
-    return kind, [os.path.join(os.path.dirname(index_path), s) for s in shards]
+    files = [os.path.join(os.path.dirname(index_path), s) for s in shards]
+    kinds = {path: _sniff(path) for path in files}
+    if set(kinds.values()) - {"safetensors", "torch"} or len(set(kinds.values())) > 1:
+        raise ConvertError(f"{index_path}: shards must all be safetensors or all torch files, "
+                           f"got {sorted(set(kinds.values()))}")
+    return next(iter(kinds.values()), "safetensors"), files
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *,
@@ -124,9 +179,14 @@ def _add_torch(writer: Writer, path: str, seen: set[str], progress) -> None:
 
 
 def _torch_load(path: str):
-
     import torch
 
+    if path.endswith(".safetensors"):  # torch.load picks its reader by this suffix, not content
+        try:
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # the weights-only unpickler fails in many ways on odd bytes
+            raise ConvertError(f"{path}: refused or unreadable torch file ({exc!r})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:

@@ -7,6 +7,11 @@
 A remote checkpoint is one object in the packed form, so a load is one sequential GET that
 `ckpt.loader.read_packed` consumes front to back (http(s) streams it without range requests).
 Errors of the transport (aiohttp, botocore, ...) become CheckpointIOError naming the URL.
+
+Transfers time out on silence, never on length: connect_timeout bounds setting up a
+connection and read_timeout the longest wait for the next byte (headers or body), but a
+healthy multi-GB download may take as long as it needs (http(s) through aiohttp and s3
+through botocore; other schemes keep their own settings).
 """
 
 from __future__ import annotations
@@ -24,21 +29,29 @@ from ckpt.errors import (
 from ckpt.format import HEADER_SIZE, Index, decode_header
 from ckpt.loader import pack
 
-__all__ = ["SUFFIX", "RemoteStream", "RemoteTier", "open_url"]
+__all__ = ["CONNECT_TIMEOUT", "READ_TIMEOUT", "SUFFIX", "RemoteStream", "RemoteTier",
+           "open_url"]
 
 SUFFIX = ".ckpt.pack"
 #: defaults for estimates: a 10 Gbit/s link and the time to first byte of an object store
 BANDWIDTH = 1.25e9
 LATENCY = 0.05
+#: seconds to set up a connection, and the longest silence of a server that is tolerated
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
 _STREAMING = ("http", "https")
+_S3 = ("s3", "s3a")
 
 
 class RemoteStream:
     """A readable stream over one remote object whose transport errors are CheckpointIOError."""
 
-    def __init__(self, file, url: str):
+    def __init__(self, file, url: str, *, connect_timeout: float | None = CONNECT_TIMEOUT,
+                 read_timeout: float | None = READ_TIMEOUT):
         self._file = file
         self.url = url
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
 
     def readinto(self, view) -> int:
         out = memoryview(view).cast("B")
@@ -47,9 +60,8 @@ class RemoteStream:
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - every transport has its own error types
-            code = getattr(exc, "errno", None) or errno.EIO
-            raise CheckpointIOError(code, f"{self.url}: download failed: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+            raise _transport_error(self.url, "download", exc, self.connect_timeout,
+                                   self.read_timeout) from exc
         out[:len(data)] = data
         return len(data)
 
@@ -65,19 +77,28 @@ class RemoteStream:
 
 
 @contextmanager
-def open_url(url: str, storage_options: dict | None = None):
-    """A RemoteStream over url (fsspec); NotACheckpointError when nothing is there."""
-    fs, path = _filesystem(url, storage_options)
+def open_url(url: str, storage_options: dict | None = None, *,
+             connect_timeout: float | None = CONNECT_TIMEOUT,
+             read_timeout: float | None = READ_TIMEOUT):
+    """A RemoteStream over url (fsspec); NotACheckpointError when nothing is there.
+
+    connect_timeout and read_timeout (seconds, None for no limit) bound connecting and each
+    wait for data; the whole transfer has no limit. A timeout raises CheckpointIOError
+    (errno ETIMEDOUT) naming the URL.
+    """
+    fs, path = _filesystem(url, storage_options, connect_timeout, read_timeout)
     kwargs = {"block_size": 0} if fs.protocol[0] in _STREAMING else {}
     try:
         f = fs.open(path, "rb", **kwargs)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if _timeout_kind(exc.__cause__) is not None:  # fsspec's http info() says "not found"
+            raise _transport_error(url, "opening", exc.__cause__, connect_timeout,
+                                   read_timeout) from exc
         raise NotACheckpointError(errno.ENOENT, f"{url}: no such remote checkpoint",
                                   url) from None
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointIOError(getattr(exc, "errno", None) or errno.EIO,
-                                f"{url}: opening failed: {type(exc).__name__}: {exc}") from exc
-    stream = RemoteStream(f, url)
+        raise _transport_error(url, "opening", exc, connect_timeout, read_timeout) from exc
+    stream = RemoteStream(f, url, connect_timeout=connect_timeout, read_timeout=read_timeout)
     try:
         yield stream
     finally:
@@ -88,26 +109,33 @@ class RemoteTier:
     """Packed checkpoints under a base URL; read-only unless the file system takes writes.
 
     bandwidth (bytes/s) and latency (s to the first byte) feed estimates; storage_options go
-    to fsspec (credentials, endpoint, ...).
+    to fsspec (credentials, endpoint, ...). connect_timeout and read_timeout (seconds, None for
+    no limit) bound connecting and the silence of the server, never the whole download; an
+    explicit timeout in storage_options (client_kwargs / config_kwargs) wins over them.
     """
 
     kind = "remote"
 
     def __init__(self, url: str, *, name: str = "remote", bandwidth: float = BANDWIDTH,
-                 latency: float = LATENCY, storage_options: dict | None = None):
+                 latency: float = LATENCY, storage_options: dict | None = None,
+                 connect_timeout: float | None = CONNECT_TIMEOUT,
+                 read_timeout: float | None = READ_TIMEOUT):
         if "://" not in url:
             url = "file://" + os.path.abspath(url)
+        _check_timeouts(connect_timeout, read_timeout)
         self.url = url.rstrip("/")
         self.name = name
         self.bandwidth = bandwidth
         self.latency = latency
         self.storage_options = dict(storage_options or {})
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
 
     def url_of(self, name: str) -> str:
         return f"{self.url}/{name}{SUFFIX}"
 
     def holds(self, name: str) -> bool:
-        fs, path = _filesystem(self.url_of(name), self.storage_options)
+        fs, path = self._filesystem(name)
         try:
             return bool(fs.exists(path))
         except Exception:  # noqa: BLE001 - an unreachable remote holds nothing we can get
@@ -115,7 +143,8 @@ class RemoteTier:
 
     def open(self, name: str):
         """Context: a RemoteStream over name's packed checkpoint."""
-        return open_url(self.url_of(name), self.storage_options)
+        return open_url(self.url_of(name), self.storage_options,
+                        connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
 
     def index(self, name: str) -> Index:
         """Read only the head of the object: header and index."""
@@ -129,7 +158,7 @@ class RemoteTier:
 
     def put(self, name: str, path: str | os.PathLike) -> int:
         """Upload the checkpoint directory at path as name (packed); the bytes written."""
-        fs, target = _filesystem(self.url_of(name), self.storage_options)
+        fs, target = self._filesystem(name)
         tmp = f"{target}.uploading"
         try:
             with fs.open(tmp, "wb") as out:
@@ -142,16 +171,71 @@ class RemoteTier:
                                     f"{self.url_of(name)}: upload failed: {exc}") from exc
         return written
 
+    def _filesystem(self, name: str):
+        return _filesystem(self.url_of(name), self.storage_options, self.connect_timeout,
+                           self.read_timeout)
 
-def _filesystem(url: str, storage_options: dict | None):
+
+def _check_timeouts(*timeouts: float | None) -> None:
+    for t in timeouts:
+        if t is not None and not t > 0:
+            raise ValueError(f"timeouts must be positive seconds or None, got {t!r}")
+
+
+def _filesystem(url: str, storage_options: dict | None, connect_timeout: float | None,
+                read_timeout: float | None):
+    """(fsspec file system, path) for url, with the timeouts given to its transport."""
     import fsspec.core
 
+    _check_timeouts(connect_timeout, read_timeout)
+    options = dict(storage_options or {})
+    scheme = url.split("://", 1)[0].lower()
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        if scheme in _STREAMING:
+            import aiohttp
+
+            # aiohttp's default is a 5-minute limit on the whole request, body included
+            timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout,
+                                            sock_connect=connect_timeout, sock_read=read_timeout)
+            options["client_kwargs"] = {"timeout": timeout, **options.get("client_kwargs", {})}
+        elif scheme in _S3:  # botocore's timeouts are per connection attempt and per read
+            options["config_kwargs"] = {"connect_timeout": connect_timeout,
+                                        "read_timeout": read_timeout,
+                                        **options.get("config_kwargs", {})}
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         raise CheckpointIOError(errno.ENOPKG if hasattr(errno, "ENOPKG") else errno.EIO,
-                                f"{url}: {exc} (s3:// needs the optional s3fs package: "
-                                f"pip install s3fs)") from exc
+                                f"{url}: {exc} (http(s):// needs aiohttp and s3:// the "
+                                f"optional s3fs package: pip install aiohttp s3fs)") from exc
+
+
+def _timeout_kind(exc: BaseException | None) -> str | None:
+    """"connect" or "read" when exc, or an exception it was raised from, is a timeout."""
+    connecting = False  # aiohttp's ClientConnectorError wraps the OS's ETIMEDOUT
+    for _ in range(8):  # bounded: a chain may loop
+        if exc is None:
+            return None
+        name = type(exc).__name__
+        connecting = connecting or "Connect" in name
+        if isinstance(exc, TimeoutError) or "Timeout" in name:  # botocore's are not TimeoutError
+            return "connect" if connecting else "read"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _transport_error(url: str, what: str, exc: BaseException, connect_timeout: float | None,
+                     read_timeout: float | None) -> CheckpointIOError:
+    """The CheckpointIOError for a failure of the transport while opening or downloading url."""
+    kind = _timeout_kind(exc)
+    if kind == "connect" and connect_timeout is not None:
+        return CheckpointIOError(errno.ETIMEDOUT, f"{url}: {what} failed: no connection to the "
+                                 f"server within {connect_timeout} s")
+    if kind is not None:
+        silence = f"for {read_timeout} s" if read_timeout is not None else "(timed out)"
+        return CheckpointIOError(errno.ETIMEDOUT, f"{url}: {what} failed: the server went "
+                                 f"silent {silence} ({type(exc).__name__})")
+    return CheckpointIOError(getattr(exc, "errno", None) or errno.EIO,
+                             f"{url}: {what} failed: {type(exc).__name__}: {exc}")
 
 
 def _read_exact(stream: RemoteStream, n: int) -> bytes:

@@ -22,12 +22,19 @@ __all__ = ["SAFETENSORS_DTYPES", "SafetensorsFile", "StEntry"]
 MAX_HEADER = 100 << 20  # the cap the safetensors library itself enforces
 BLOCK = 8 << 20  # bytes per streamed piece
 
+# safetensors dtype tag -> the format's dtype name: every tag of the safetensors spec that torch
+# can hold. The spec's F6_E2M3 and F6_E3M2 have no torch dtype and are refused by name.
 SAFETENSORS_DTYPES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
     "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32",
     "F64": "float64", "I64": "int64", "U64": "uint64", "C64": "complex64",
     "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn", "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F4": "float4_e2m1fn_x2",
 }
+# Sub-byte tags: values per byte. The safetensors header counts values (F4 x [2, 6] is 6
+# bytes); torch packs them along the last dimension (float4_e2m1fn_x2 x [2, 3]).
+_PER_BYTE = {"F4": 2}
 
 
 @dataclass(frozen=True)
@@ -88,13 +95,22 @@ class SafetensorsFile:
         what = f"{self.path}: tensor {name!r}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ConvertError(f"{what}: expected dtype, shape and data_offsets")
-        dtype = SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        tag = info["dtype"]
+        dtype = SAFETENSORS_DTYPES.get(tag) if isinstance(tag, str) else None
         if dtype is None:
-            raise ConvertError(f"{what}: unsupported safetensors dtype {info['dtype']!r}")
+            raise ConvertError(f"{what}: unsupported safetensors dtype {tag!r} (supported: "
+                               f"{', '.join(SAFETENSORS_DTYPES)})")
         shape, offs = info["shape"], info["data_offsets"]
         if (not isinstance(shape, list) or len(shape) > 64
                 or not all(type(d) is int and 0 <= d < 1 << 60 for d in shape)):
             raise ConvertError(f"{what}: bad shape {shape!r}")
+        per_byte = _PER_BYTE.get(tag, 1)
+        if per_byte > 1:
+            if not shape or shape[-1] % per_byte:
+                raise ConvertError(f"{what}: {tag} x {shape} packs {per_byte} values per byte "
+                                   f"along the last dimension, whose size must be a multiple "
+                                   f"of {per_byte}")
+            shape = shape[:-1] + [shape[-1] // per_byte]
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(type(o) is int and 0 <= o < 1 << 62 for o in offs)
                 or offs[0] > offs[1]):
@@ -103,7 +119,7 @@ class SafetensorsFile:
         for d in shape:
             nbytes = min(nbytes * d, 1 << 62)
         if offs[1] - offs[0] != nbytes:
-            raise ConvertError(f"{what}: {offs[1] - offs[0]} bytes, {info['dtype']} x {shape} "
+            raise ConvertError(f"{what}: {offs[1] - offs[0]} bytes, {tag} x {info['shape']} "
                                f"needs {nbytes}")
         return StEntry(name, dtype, tuple(shape), data_start + offs[0], data_start + offs[1])
 
