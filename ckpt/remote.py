@@ -1,4 +1,4 @@
-"""The remote tier: packed checkpoints (docs/FORMAT.md rule 20) behind URLs, through fsspec.
+"""The remote tier: packed checkpoints (docs/FORMAT.md rule 22) behind URLs, through fsspec.
 
     RemoteTier("http://models.internal/ckpt")       # name -> http://.../NAME.ckpt.pack
     RemoteTier("file:///mnt/nfs/ckpt")
