@@ -1,6 +1,8 @@
-"""Test kit for users of bas: the device conformance suite and hypothesis strategies."""
+"""Test kit for users of bas: the device conformance suite, media and hypothesis strategies."""
 
 from bas.testing.conformance import DeviceConformance
+from bas.testing.medium import FileMedium, Medium, PmemMedium
 from bas.testing.strategies import crash_points, device_urls, io_sequences
 
-__all__ = ["DeviceConformance", "crash_points", "device_urls", "io_sequences"]
+__all__ = ["DeviceConformance", "FileMedium", "Medium", "PmemMedium", "crash_points",
+           "device_urls", "io_sequences"]

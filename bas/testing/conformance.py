@@ -1,16 +1,25 @@
 """DeviceConformance: the one test suite every Device backend and wrapper must pass.
 
 Subclass it in a test module (pytest collects classes named Test*) and override make_device;
-persistent backends also override reopen. Like zarr's StoreTests: a new backend is its
-primitives, one registry line and a few lines here.
+persistent backends also override open_existing and make_medium, the kit's back door to
+their storage: durability is checked there, after a simulated power cut, never by reading
+back through the device object. Like zarr's StoreTests: a new backend is its primitives, one
+registry line and a few lines here.
 
     class TestMyDevice(DeviceConformance):
         def make_device(self, tmp_path, size):
             return open_device(f"my://{tmp_path}/dev?size={size}")
+
+        def open_existing(self, tmp_path, read_only=False):
+            return open_device(f"my://{tmp_path}/dev?read_only={int(read_only)}")
+
+        def make_medium(self, tmp_path):
+            return FileMedium(tmp_path / "dev")
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import numpy as np
@@ -22,12 +31,16 @@ from bas.errors import (
     OutOfBoundsError,
     ReadOnlyError,
 )
+from bas.testing.medium import Medium
 
 __all__ = ["DeviceConformance"]
 
 
 class DeviceConformance:
-    """Behaviour every device must show. Override make_device (and reopen when persistent)."""
+    """Behaviour every device must show.
+
+    Override make_device; persistent backends also override open_existing and make_medium.
+    """
 
     #: device size the tests ask for (backends with a minimum may raise it)
     size: int = 1 << 20
@@ -35,16 +48,66 @@ class DeviceConformance:
     def make_device(self, tmp_path, size: int) -> Device:
         raise NotImplementedError
 
-    def reopen(self, device: Device, tmp_path) -> Device:
-        """Close `device` and open the same storage again (persistent backends only)."""
+    def open_existing(self, tmp_path, read_only: bool = False) -> Device:
+        """Open the storage make_device created (persistent backends).
+
+        Raise NotImplementedError for read_only when the backend has no read-only open.
+        """
         raise NotImplementedError
 
+    def make_medium(self, tmp_path) -> Medium | None:
+        """The backend's storage under tmp_path (see bas.testing.medium); None when volatile.
+
+        Entered before make_device runs and left after the test.
+        """
+        return None
+
+    def reopen(self, device: Device, tmp_path) -> Device:
+        """Close `device` and open the same storage again."""
+        device.close()
+        return self.open_existing(tmp_path)
+
+    def reopen_read_only(self, device: Device, tmp_path) -> Device:
+        """Close `device` and open its storage read-only."""
+        device.close()
+        return self.open_existing(tmp_path, read_only=True)
+
+    def run_check(self, name: str, tmp_path) -> None:
+        """Run the kit's test `name` outside pytest, with fresh fixtures (tests of the kit)."""
+        with self._medium_context(tmp_path) as medium:
+            device = self.make_device(tmp_path, self.size)
+            given = {"dev": device, "tmp_path": tmp_path, "medium": medium}
+            method = getattr(self, name)
+            try:
+                method(**{k: given[k] for k in inspect.signature(method).parameters})
+            finally:
+                if not device.closed:
+                    device.close()
+
+    def _medium_context(self, tmp_path):
+        medium = self.make_medium(tmp_path)
+        return medium if medium is not None else _NoMedium()
+
     @pytest.fixture
-    def dev(self, tmp_path):
+    def medium(self, tmp_path):
+        with self._medium_context(tmp_path) as medium:
+            yield medium
+
+    @pytest.fixture
+    def dev(self, tmp_path, medium):
         device = self.make_device(tmp_path, self.size)
         yield device
         if not device.closed:
             device.close()
+
+    def _durable_medium(self, dev: Device, medium: Medium | None) -> Medium:
+        """The medium to check durability on; skips volatile devices."""
+        if not dev.persistent:
+            pytest.skip("volatile device: nothing survives a power cut")
+        if medium is None:
+            pytest.fail(f"{type(self).__name__}: a persistent device needs make_medium() so "
+                        f"the kit can check durability on its storage")
+        return medium
 
     # -- single reads and writes --------------------------------------------------------
 
@@ -150,10 +213,15 @@ class DeviceConformance:
 
     # -- life cycle ---------------------------------------------------------------------
 
-    def test_persist_is_accepted(self, dev):
+    def test_persist_is_accepted(self, dev, medium):
         dev.write(0, b"x")
         dev.persist()
         assert dev.read(0, 1) == b"x"
+        if dev.persistent:  # and made durable, on the backend's storage
+            medium = self._durable_medium(dev, medium)
+            dev.close()
+            medium.power_cut()
+            assert medium.raw_read(0, 1) == b"x", "persist() returned but the write is lost"
 
     def test_use_after_close_and_double_close_are_refused(self, dev):
         dev.close()
@@ -175,7 +243,7 @@ class DeviceConformance:
             assert dev.persistent and dev.byte_addressable
         assert dev.url and repr(dev)
 
-    def test_persisted_data_survives_reopen(self, dev, tmp_path):
+    def test_persisted_data_survives_reopen(self, dev, tmp_path, medium):
         if not dev.persistent:
             pytest.skip("volatile device")
         dev.write(4096, b"durable bytes")
@@ -183,6 +251,33 @@ class DeviceConformance:
         again = self.reopen(dev, tmp_path)
         try:
             assert again.read(4096, 13) == b"durable bytes"
+        finally:
+            again.close()
+        assert self._durable_medium(dev, medium).raw_read(4096, 13) == b"durable bytes"
+
+    def test_persisted_data_survives_power_cut(self, dev, tmp_path, medium):
+        """What persist() covered is on the storage after a power cut; later writes may not be.
+
+        The unpersisted write must be lost, or the simulated power cut would pass any persist.
+        """
+        medium = self._durable_medium(dev, medium)
+        durable = bytes(range(7, 207))
+        dev.write(4096, durable)
+        dev.write_many([8192, 12288], 100, durable)
+        dev.persist()
+        lost_at = dev.size // 2 + 4096
+        dev.write(lost_at, b"\xa5" * 300)
+        dev.close()
+        medium.power_cut()
+        assert medium.raw_read(4096, 200) == durable, "a persisted write is lost"
+        assert medium.raw_read(8192, 100) + medium.raw_read(12288, 100) == durable, \
+            "a persisted write_many is lost"
+        assert medium.raw_read(lost_at, 300) != b"\xa5" * 300, \
+            "the power cut kept an unpersisted write: it cannot tell persist() from a no-op"
+        again = self.open_existing(tmp_path)
+        try:
+            assert again.read(4096, 200) == durable
+            assert bytes(again.read_many([8192, 12288], 100)) == durable
         finally:
             again.close()
 
@@ -204,6 +299,12 @@ class DeviceConformance:
         finally:
             again.close()
 
-    def reopen_read_only(self, device: Device, tmp_path) -> Device:
-        """Close `device` and open its storage read-only (optional)."""
-        raise NotImplementedError
+
+class _NoMedium:
+    """The medium of a volatile backend: none."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        pass

@@ -8,9 +8,10 @@ import pytest
 
 from bas import InvalidURLError, open_device
 from bas.emu import EmuDevice
+from bas.file import FileDevice
 from bas.phase import Phase, random_phase, run_mixed, run_phase, sequential_phase
 from bas.presets import get_preset, overlapped_seconds
-from bas.testing import DeviceConformance
+from bas.testing import DeviceConformance, FileMedium
 
 
 class TestEmuOverDram(DeviceConformance):
@@ -26,13 +27,11 @@ class TestEmuOverFile(DeviceConformance):
     def make_device(self, tmp_path, size):
         return open_device(self._url(tmp_path, f"?size={size}"))
 
-    def reopen(self, device, tmp_path):
-        device.close()
-        return open_device(self._url(tmp_path))
+    def open_existing(self, tmp_path, read_only=False):
+        return open_device(self._url(tmp_path, f"?read_only={int(read_only)}"))
 
-    def reopen_read_only(self, device, tmp_path):
-        device.close()
-        return open_device(self._url(tmp_path, "?read_only=1"))
+    def make_medium(self, tmp_path):
+        return FileMedium(tmp_path / "dev.bin")
 
 
 class TestEmuConstructorThrottled(DeviceConformance):
@@ -40,6 +39,14 @@ class TestEmuConstructorThrottled(DeviceConformance):
 
     def make_device(self, tmp_path, size):
         return EmuDevice(open_device(f"dram://?size={size}"), "dram", mode="throttle")
+
+
+@pytest.mark.parametrize("layer", [EmuDevice, FileDevice])
+def test_noop_persist_fails_conformance(tmp_path, monkeypatch, layer):
+    """Regression: the kit passed a device whose persist() did nothing (it only read back)."""
+    monkeypatch.setattr(layer, "_persist", lambda self: None)
+    with pytest.raises(AssertionError, match="lost"):
+        TestEmuOverFile().run_check("test_persisted_data_survives_power_cut", tmp_path)
 
 
 # -- capabilities and URLs ----------------------------------------------------------------

@@ -4,7 +4,8 @@ import pytest
 
 from bas import open_device
 from bas.fault import FaultDevice
-from bas.testing import DeviceConformance
+from bas.file import FileDevice
+from bas.testing import DeviceConformance, FileMedium
 
 
 class TestDram(DeviceConformance):
@@ -23,13 +24,11 @@ class TestFile(DeviceConformance):
     def make_device(self, tmp_path, size):
         return open_device(f"file://{tmp_path}/dev.bin?size={size}{self.options}")
 
-    def reopen(self, device, tmp_path):
-        device.close()
-        return open_device(f"file://{tmp_path}/dev.bin?{self.options.lstrip('&')}")
+    def open_existing(self, tmp_path, read_only=False):
+        return open_device(f"file://{tmp_path}/dev.bin?read_only={int(read_only)}{self.options}")
 
-    def reopen_read_only(self, device, tmp_path):
-        device.close()
-        return open_device(f"file://{tmp_path}/dev.bin?read_only=1{self.options}")
+    def make_medium(self, tmp_path):
+        return FileMedium(tmp_path / "dev.bin")
 
 
 class TestFilePreadOnly(TestFile):
@@ -50,12 +49,18 @@ class TestFileDirectUnalignedSize(TestFile):
 
 
 class TestFault(DeviceConformance):
+    """The wrapper over a file: durability is judged on the file, not the wrapper's undo log."""
+
     def make_device(self, tmp_path, size):
         return FaultDevice(open_device(f"file://{tmp_path}/dev.bin?size={size}"))
 
-    def reopen(self, device, tmp_path):
-        device.close()
+    def open_existing(self, tmp_path, read_only=False):
+        if read_only:
+            raise NotImplementedError
         return FaultDevice(open_device(f"file://{tmp_path}/dev.bin"))
+
+    def make_medium(self, tmp_path):
+        return FileMedium(tmp_path / "dev.bin")
 
 
 class TestFaultUrl(DeviceConformance):
@@ -71,3 +76,15 @@ def test_direct_device_of_odd_size_round_trips(tmp_path, size):
         dev.persist()
         assert dev.read(0, size) == data
     assert (tmp_path / "odd").stat().st_size == size
+
+
+@pytest.mark.parametrize("suite,layer", [(TestFile, FileDevice), (TestFileDirect, FileDevice),
+                                         (TestFault, FileDevice), (TestFault, FaultDevice)],
+                         ids=["file", "file-direct", "fault-over-noop-file", "noop-fault"])
+@pytest.mark.parametrize("check", ["test_persist_is_accepted",
+                                   "test_persisted_data_survives_power_cut"])
+def test_noop_persist_fails_conformance(tmp_path, monkeypatch, suite, layer, check):
+    """Regression: the kit passed a device whose persist() did nothing (it only read back)."""
+    monkeypatch.setattr(layer, "_persist", lambda self: None)
+    with pytest.raises(AssertionError, match="lost"):
+        suite().run_check(check, tmp_path)

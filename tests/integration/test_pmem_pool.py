@@ -56,9 +56,51 @@ def test_create_leaves_only_the_pool_and_reports_capabilities(tmp_path):
     stale.write_bytes(b"half made")
     with open_device(_url(tmp_path)) as dev:
         assert (dev.size, dev.persistent, dev.byte_addressable, dev.is_pmem) == (SIZE, 1, 1, 1)
-        assert dev.granularity == 256 and dev.media_is_pmem in (False, True)
+        assert dev.granularity == 256 and type(dev.media_is_pmem) is bool
+        media_is_pmem = dev.media_is_pmem
     assert os.listdir(tmp_path) == ["dev.pool"]
     assert os.path.getsize(tmp_path / "dev.pool") >= 16 << 20
+    # the same pool mapped again without the device: libpmem's pmem_is_pmem must agree
+    pool = pmemobj.Pool.open(str(tmp_path / "dev.pool"), pmem.LAYOUT)
+    try:
+        pool.attach()
+        assert media_is_pmem is pool.is_pmem
+    finally:
+        pool.close()
+
+
+def _on_dax(path) -> bool:
+    """Whether path lies on a file system mounted with DAX (where PMem may really be)."""
+    path, best, options = os.path.realpath(path), "", []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point, opts = line.split()[1].replace("\\040", " "), line.split()[3].split(",")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best):
+                best, options = point, opts
+    return any(o == "dax" or (o.startswith("dax=") and o != "dax=never") for o in options)
+
+
+MEDIA = textwrap.dedent("""
+    import sys
+    from bas import open_device
+    with open_device(f"pmem://{sys.argv[1]}/forced.pool?size=1M") as dev:
+        print(dev.media_is_pmem)
+""")
+
+
+def test_pool_on_an_ordinary_file_reports_media_is_pmem_false(tmp_path):
+    """Regression: media_is_pmem was only checked to be False or True, so any value passed."""
+    if os.environ.get("PMEM_IS_PMEM_FORCE") == "1" or _on_dax(tmp_path):
+        pytest.skip("the pool may really be on persistent memory here")
+    with open_device(_url(tmp_path)) as dev:
+        assert dev.media_is_pmem is False
+    # and the capability follows libpmem: forced to pmem (a fresh process reads the variable)
+    env = dict(os.environ, PMEM_IS_PMEM_FORCE="1")
+    proc = subprocess.run([sys.executable, "-c", MEDIA, str(tmp_path)], capture_output=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert proc.stdout.strip() == b"True"
 
 
 def test_open_needs_size_only_to_create_and_it_must_match(tmp_path):
@@ -231,14 +273,14 @@ MISUSE = textwrap.dedent("""
     refused(pool.tx_commit); refused(pool.tx_abort); refused(lambda: pool.tx_set_pending([0], 1))
     assert pool.tx_end() != 0  # the abort's errno
     refused(pool.tx_end)
-    assert bytes(P.ffi.buffer(P.ffi.cast("char *", pool.region_address), 4)) == bytes(4)
+    assert bytes(pool.region()[:4]) == bytes(4)
     # the C helpers refuse by themselves too (second line of defence)
     out = P.ffi.new("int *")
     assert P.lib.bas_pmem_tx_commit() < 0 and P.lib.bas_pmem_tx_abort(0) < 0
     assert P.lib.bas_pmem_tx_end(out) < 0
     pool.close()
     other.close()
-    for call in (pool.close, pool.tx_begin, lambda: pool.region_address, pool.read_table):
+    for call in (pool.close, pool.tx_begin, pool.region, pool.read_table):
         refused(call, DeviceClosedError)
     print("survived")
 """)
