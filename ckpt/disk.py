@@ -5,13 +5,22 @@
     ├── llama-1b/             one checkpoint directory per name ("org/model" -> "org--model")
     └── org--model/
 
+Names: `check_name` is the one validator of model names; every tier and every Store verb goes
+through it, so no name can reach a file the tier keeps for itself (store.json and its
+temporary, the `.tmp-`/`.old-`/`.del-` copies of ckpt/atomic.py and of `remove`), climb out
+of root, or fail to map back from its directory on reopen.
+
 Loads read through bas file:// devices (O_DIRECT where the file system has it). The capacity
-counts every byte of every checkpoint (index file + partitions) plus the bytes reserved by
-copies in flight. Last use is a logical clock recorded in store.json, so the LRU order
-survives restarts without trusting wall clocks or atime. On open, the directory is reconciled
-with store.json: leftovers of crashed copies are removed (ckpt/atomic.py), checkpoints that
+counts every checkpoint at `checkpoint_bytes` (its index file and its partitions, each file
+rounded up to BLOCK: the bytes the file system allocates), plus the bytes reserved by copies
+in flight. Last use is a logical clock recorded in store.json, so the LRU order survives
+restarts without trusting wall clocks or atime. On open, the directory is reconciled with
+store.json: leftovers of crashed copies are removed (ckpt/atomic.py), checkpoints that
 store.json lacks are adopted as least recently used, entries whose directory is gone are
-forgotten. One Store process per root at a time; thread-safe within it.
+forgotten. store.json is never read through a link or from a FIFO or device (ckpt/safeopen.py):
+one that is absent, not a regular file, over MAX_STATE_BYTES or not valid JSON is ignored (the
+tier is rebuilt from its directories, only the LRU order is lost) and the next save replaces
+it with a regular file. One Store process per root at a time; thread-safe within it.
 """
 
 from __future__ import annotations
@@ -19,34 +28,107 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import secrets
 import shutil
+import stat
+import string
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ckpt import atomic
-from ckpt.errors import CheckpointIOError, NotACheckpointError
-from ckpt.format import INDEX_FILE, Index
+from ckpt.errors import CheckpointError, CheckpointIOError, ModelNameError, NotACheckpointError
+from ckpt.format import BLOCK, INDEX_FILE, Index, align_up
+from ckpt.safeopen import open_regular, read_regular
 from ckpt.source import Source, index_ok, open_source, read_index
 from ckpt.unpack import Unpacker
 
-__all__ = ["STATE_FILE", "DiskTier", "DownloadSink", "check_name", "disk_bytes"]
+__all__ = ["MAX_NAME_BYTES", "MAX_STATE_BYTES", "STATE_FILE", "DiskTier", "DownloadSink",
+           "check_name", "checkpoint_bytes", "disk_bytes"]
 
 STATE_FILE = "store.json"
-_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
-_NAME = re.compile(rf"{_PART}(/{_PART})?\Z")
+_STATE_TMP = f".{STATE_FILE}.tmp"  # starts with '.', which no model name can
+MAX_STATE_BYTES = 64 << 20  # ~200k entries; a larger store.json is taken for garbage
+#: a name is one or two parts; its directory ("a--b") plus the longest suffix the tier adds
+#: (".tmp-" and 8 hex digits) stays far below the 255 bytes a file name may have
+MAX_PART_BYTES = 100
+MAX_NAME_BYTES = 2 * MAX_PART_BYTES + 1
+_CHARS = frozenset(string.ascii_letters + string.digits + "._-/")
+#: markers of the tier's own directories: copies being written or swapped (ckpt/atomic.py)
+#: and removals under way; matched without case for case-insensitive file systems
+_MARKERS = (".tmp-", ".old-", ".del-")
+_RESERVED = "store."  # the tier's own files: store.json, and any later lock or backup of it
 
 
-def check_name(name: str) -> str:
-    """A model name: one or two path-safe parts ("llama-1b", "org/model"); ValueError if not."""
-    if (not isinstance(name, str) or not _NAME.match(name) or "--" in name
-            or ".tmp-" in name or ".old-" in name or ".del-" in name
-            or name.endswith(".json")):
-        raise ValueError(f"bad model name {name!r}: use letters, digits, '.', '_', '-' "
-                         f"(no '--'), with at most one '/'")
+def check_name(name: str, *, reserved: tuple[str, ...] = ()) -> str:
+    """name if it is a model name every tier can store; ModelNameError saying why if not.
+
+    A name is one or two parts joined by '/' ("llama-1b", "org/model"); each part has 1 to
+    MAX_PART_BYTES ASCII letters, digits, '.', '_' or '-' and starts with a letter or a
+    digit (so no '', '.', '..', hidden or option-like names, no control character, no NUL).
+    Refused as well: '--' (the directory spelling of '/'), the tier's markers `.tmp-`,
+    `.old-`, `.del-`, a `.lock` ending (a save's lock file, ckpt/atomic.py), names whose
+    directory starts with `store.` (the state file and its
+    kin), names whose directory would not map back to them, and names starting with one of
+    the caller's `reserved` prefixes.
+    """
+    problem = _problem(name, reserved)
+    if problem is not None:
+        shown = repr(name) if len(repr(name)) <= 120 else f"{repr(name)[:100]}..."
+        raise ModelNameError(f"bad model name {shown}: {problem}")
     return name
+
+
+def _problem(name, reserved: tuple[str, ...]) -> str | None:
+    if not isinstance(name, str):
+        return f"a name is a str, not a {type(name).__name__}"
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_NAME_BYTES:  # ASCII only (checked next): characters are bytes
+        return f"{len(name)} characters, more than {MAX_NAME_BYTES}"
+    bad = next((c for c in name if c not in _CHARS), None)
+    if bad is not None:
+        return (f"character {bad!r} is not allowed (ASCII letters, digits, '.', '_', '-' and "
+                f"one '/')")
+    parts = name.split("/")
+    if len(parts) > 2:
+        return "more than one '/'"
+    for part in parts:
+        if not part:
+            return "an empty part"
+        if not part[0].isalnum():
+            return f"part {part!r} does not start with a letter or digit"
+        if len(part) > MAX_PART_BYTES:
+            return f"part of {len(part)} characters, more than {MAX_PART_BYTES}"
+    if "--" in name:
+        return "'--' is how the disk tier spells '/' in directory names"
+    lowered = name.lower()
+    for marker in _MARKERS:
+        if marker in lowered:
+            return f"{marker!r} marks the disk tier's temporary and set-aside copies"
+    if lowered.endswith(atomic.LOCK_SUFFIX):
+        return f"{atomic.LOCK_SUFFIX!r} names the save lock of a checkpoint beside it"
+    directory = _directory(name)
+    if directory.lower().startswith(_RESERVED):
+        return f"names starting with {_RESERVED!r} are the disk tier's own files"
+    if _name_of(directory) != name:
+        return f"its directory {directory!r} would read back as {_name_of(directory)!r}"
+    for prefix in reserved:
+        if name.startswith(prefix):
+            return f"names starting with {prefix!r} are reserved"
+    return None
+
+
+def _directory(name: str) -> str:
+    return name.replace("/", "--")
+
+
+def _name_of(directory: str) -> str:
+    return directory.replace("--", "/")
+
+
+def _valid_name(name: str) -> bool:
+    return _problem(name, ()) is None
 
 
 class DiskTier:
@@ -54,7 +136,8 @@ class DiskTier:
 
     profile: a bas.profile.Profile measured on this disk (thread counts and estimates);
     preset: the bas preset estimates use when there is no profile ("nvme", "optane-1dimm").
-    direct: read with O_DIRECT where possible.
+    direct: read with O_DIRECT where possible. Every method taking a name raises
+    ModelNameError (a ValueError) for one check_name refuses.
     """
 
     kind = "disk"
@@ -82,7 +165,7 @@ class DiskTier:
 
     @property
     def used(self) -> int:
-        """Bytes of stored checkpoints plus bytes reserved by copies in flight."""
+        """Bytes charged for stored checkpoints plus bytes reserved by copies in flight."""
         with self._lock:
             return sum(e["bytes"] for e in self._entries.values()) + self._reserved
 
@@ -92,11 +175,12 @@ class DiskTier:
             return sorted(self._entries, key=lambda n: self._entries[n]["last_use"])
 
     def holds(self, name: str) -> bool:
+        path = self.path(name)
         with self._lock:
-            return name in self._entries and os.path.isdir(self.path(name))
+            return name in self._entries and os.path.isdir(path)
 
     def path(self, name: str) -> str:
-        return os.path.join(self.root, check_name(name).replace("/", "--"))
+        return os.path.join(self.root, _directory(check_name(name)))
 
     def index(self, name: str) -> Index:
         return read_index(self.path(name))
@@ -115,13 +199,14 @@ class DiskTier:
 
         While open it is never evicted. NotACheckpointError when it is not (or no longer) here.
         """
+        path = self.path(name)
         with self._lock:
             if name not in self._entries:
-                raise NotACheckpointError(errno.ENOENT, f"{self.path(name)}: not in the "
-                                          f"{self.name} tier", self.path(name))
+                raise NotACheckpointError(errno.ENOENT, f"{path}: not in the {self.name} tier",
+                                          path)
             self._reading[name] = self._reading.get(name, 0) + 1
         try:
-            with open_source(self.path(name), direct=self.direct) as source:
+            with open_source(path, direct=self.direct) as source:
                 self.touch(name)
                 yield source
         finally:
@@ -132,6 +217,7 @@ class DiskTier:
 
     def touch(self, name: str) -> None:
         """Record a use of name (the LRU order), durably."""
+        check_name(name)
         with self._lock:
             if name in self._entries:
                 self._clock += 1
@@ -170,15 +256,23 @@ class DiskTier:
 
     def sink(self, name: str, droppable: Callable[[str], bool]) -> DownloadSink:
         """A sink for ckpt.loader.read_packed that copies a download here, room permitting."""
-        return DownloadSink(self, name, droppable)
+        return DownloadSink(self, check_name(name), droppable)
 
-    def added(self, name: str, nbytes: int, reserved: int = 0) -> None:
-        """Record that name (nbytes on disk) was committed here, as used now."""
+    def added(self, name: str, nbytes: int | None = None, reserved: int = 0) -> int:
+        """Record that name was committed here, as used now; the bytes it is charged.
+
+        nbytes: its checkpoint_bytes when the caller knows them exactly (the bytes it wrote);
+        by default they are measured (disk_bytes). `reserved` bytes are released.
+        """
+        path = self.path(name)
+        if nbytes is None:
+            nbytes = disk_bytes(path)
         with self._lock:
             self._reserved -= reserved
             self._clock += 1
             self._entries[name] = {"bytes": nbytes, "last_use": self._clock}
             self._save()
+        return nbytes
 
     def remove(self, name: str) -> None:
         """Delete name's checkpoint (readers with open files finish unharmed).
@@ -188,10 +282,10 @@ class DiskTier:
         name `NAME.del-TOKEN` is one that atomic.resolve/recover ignore (an `.old-` name would
         be taken for a torn swap and renamed back); `_reconcile` deletes crashed leftovers.
         """
+        path = self.path(name)
         with self._lock:
             self._entries.pop(name, None)
             self._save()
-            path = self.path(name)
             doomed = f"{path}.del-{secrets.token_hex(4)}"
             try:
                 os.rename(path, doomed)
@@ -212,52 +306,79 @@ class DiskTier:
 
     def _reconcile(self) -> None:
         state = self._load_state()
-        self._clock = int(state.get("clock", 0))
         for base in sorted(os.listdir(self.root)):
             if ".del-" in base:  # a removal that crashed before its delete finished
                 shutil.rmtree(os.path.join(self.root, base), ignore_errors=True)
                 continue
             for marker in (".tmp-", ".old-"):
                 if marker in base:  # a copy or swap that crashed: finish or undo it
-                    atomic.recover(os.path.join(self.root, base.split(marker)[0]), index_ok)
-        known = state.get("entries", {})
+                    # under the save lock: a save in flight keeps its temporary directory
+                    atomic.try_recover(os.path.join(self.root, base.split(marker)[0]),
+                                       index_ok)
+        known = state.get("entries")
+        known = known if isinstance(known, dict) else {}
         for base in sorted(os.listdir(self.root)):
             full = os.path.join(self.root, base)
-            name = base.replace("--", "/")
-            if not os.path.isdir(full) or not _valid_name(name) or not index_ok(full):
-                continue
+            name = _name_of(base)
+            if not _valid_name(name) or not _is_directory(full) or not index_ok(full):
+                continue  # a link is never adopted: removing it would not free its bytes
             entry = known.get(name)
-            if not isinstance(entry, dict) or not isinstance(entry.get("last_use"), int):
-                entry = {"last_use": 0}  # adopted: least recently used
-            self._entries[name] = {"bytes": disk_bytes(full), "last_use": entry["last_use"]}
+            last_use = entry.get("last_use") if isinstance(entry, dict) else None
+            if not _count(last_use):
+                last_use = 0  # adopted: least recently used
+            self._entries[name] = {"bytes": disk_bytes(full), "last_use": last_use}
+        clock = state.get("clock")
+        self._clock = max([clock if _count(clock) else 0]
+                          + [e["last_use"] for e in self._entries.values()])
         self._save()
 
     def _load_state(self) -> dict:
+        """store.json's content; {} when absent or unusable (see the module doc)."""
         try:
-            with open(os.path.join(self.root, STATE_FILE)) as f:
-                state = json.load(f)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            return {}  # unreadable: rebuilt from the directories
+            with self._root_fd() as fd:
+                data = read_regular(STATE_FILE, MAX_STATE_BYTES, dir_fd=fd,
+                                    what=os.path.join(self.root, STATE_FILE))
+            state = json.loads(data)
+        except (CheckpointError, OSError, ValueError, RecursionError):
+            return {}  # rebuilt from the directories
         return state if isinstance(state, dict) else {}
 
     def _save(self) -> None:
         path = os.path.join(self.root, STATE_FILE)
-        tmp = f"{path}.tmp"
         data = json.dumps({"version": 1, "clock": self._clock, "entries": self._entries},
                           sort_keys=True).encode()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            atomic.fsync_dir(self.root)
+            with self._root_fd() as dir_fd:
+                try:  # whatever is there (a crashed save's file, a link) is replaced
+                    os.unlink(_STATE_TMP, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+                fd = open_regular(_STATE_TMP, dir_fd=dir_fd, what=f"{path} (temporary)",
+                                  flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                  missing=CheckpointIOError)
+                try:
+                    _write_all(fd, data, path)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(_STATE_TMP, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                os.fsync(dir_fd)
+        except CheckpointError:
+            raise
         except OSError as exc:
             raise CheckpointIOError(exc.errno, f"writing {path} failed: {exc}") from exc
+
+    @contextmanager
+    def _root_fd(self) -> Iterator[int]:
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CheckpointIOError(exc.errno, f"opening {self.root} failed: "
+                                    f"{exc.strerror}") from exc
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
 
 class DownloadSink:
@@ -275,7 +396,7 @@ class DownloadSink:
         self.error: BaseException | None = None
 
     def begin(self, index_bytes: bytes, index) -> None:
-        nbytes = len(index_bytes) + index.total_bytes
+        nbytes = checkpoint_bytes(len(index_bytes), index)  # exactly what the copy writes
         if self.disk.reserve(nbytes, self.droppable):
             self.reserved = nbytes
             self.active = True
@@ -319,15 +440,52 @@ class DownloadSink:
         self.abort()
 
 
+def checkpoint_bytes(index_size: int, index: Index) -> int:
+    """What a checkpoint occupies in a disk tier: its index file of index_size bytes and its
+    partitions, each file rounded up to BLOCK (file systems allocate whole blocks)."""
+    return align_up(index_size, BLOCK) + sum(align_up(p.size, BLOCK) for p in index.partitions)
+
+
 def disk_bytes(directory: str) -> int:
-    """Bytes a checkpoint directory occupies: its index file and its partitions."""
-    index = read_index(directory)
-    return index.total_bytes + os.path.getsize(os.path.join(directory, INDEX_FILE))
-
-
-def _valid_name(name: str) -> bool:
+    """checkpoint_bytes of the checkpoint directory, measured (its index file is not followed
+    through a link)."""
     try:
-        check_name(name)
-    except ValueError:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotACheckpointError(errno.ENOENT, f"{directory}: no checkpoint directory here",
+                                  directory) from None
+    except OSError as exc:
+        raise CheckpointIOError(exc.errno, f"opening {directory} failed: "
+                                f"{exc.strerror}") from exc
+    try:
+        index = read_index(directory, dir_fd=dir_fd)
+        size = os.stat(INDEX_FILE, dir_fd=dir_fd, follow_symlinks=False).st_size
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointIOError(exc.errno, f"reading {directory}/{INDEX_FILE} failed: "
+                                f"{exc.strerror}") from exc
+    finally:
+        os.close(dir_fd)
+    return checkpoint_bytes(size, index)
+
+
+def _is_directory(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
         return False
-    return True
+
+
+def _count(value) -> bool:
+    """Whether value is a usable clock reading of store.json (an int >= 0, not a bool)."""
+    return type(value) is int and value >= 0
+
+
+def _write_all(fd: int, data: bytes, what: str) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise CheckpointIOError(0, f"writing {what}: the OS wrote nothing")
+        view = view[n:]

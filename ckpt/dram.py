@@ -9,7 +9,9 @@ against the capacity are the bytes really held. Leases end by themselves when th
 are garbage (weakref.finalize), so callers never have to release anything.
 
 Tensors of a hit share memory with the cache: writing into them changes what later hits
-see (load a private copy with `clone()` when that matters). Thread-safe.
+see (load a private copy with `clone()` when that matters). Entries are keyed by model name
+(checked by ckpt.disk.check_name, as in every tier) or by the key ckpt.Store gives a
+checkpoint directory outside the tiers (`check_key`). Thread-safe.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ckpt.disk import check_name
 from ckpt.format import Index
 from ckpt.loader import as_tensor
 from ckpt.pool import HostPool
 from ckpt.tensors import views
 
-__all__ = ["DramTier", "TENSOR_SECONDS"]
+__all__ = ["PATH_KEY", "TENSOR_SECONDS", "DramTier", "check_key"]
+
+#: prefix of the key of a checkpoint directory outside the tiers ("path:" + absolute path)
+PATH_KEY = "path:"
 
 #: time to slice out one tensor view on a hit (measured: ~4 us per tensor, Python + torch)
 TENSOR_SECONDS = 5e-6
@@ -87,18 +93,21 @@ class DramTier:
             return list(self._entries)
 
     def holds(self, name: str) -> bool:
+        check_key(name)
         with self._lock:
             self._settle()
             return name in self._entries
 
     def pins(self, name: str) -> int:
         """Live leases of name (0 when not cached): pinned entries are never evicted."""
+        check_key(name)
         with self._lock:
             self._settle()
             entry = self._entries.get(name)
             return entry.leases if entry is not None else 0
 
     def index(self, name: str) -> Index | None:
+        check_key(name)
         with self._lock:
             self._settle()
             entry = self._entries.get(name)
@@ -116,6 +125,7 @@ class DramTier:
     def lookup(self, name: str, device: str | torch.device = "cpu"
                ) -> dict[str, torch.Tensor] | None:
         """Tensors of a cached entry as views of its buffer (None on a miss); O(tensors)."""
+        check_key(name)
         with self._lock:
             self._settle()
             entry = self._entries.get(name)
@@ -132,6 +142,7 @@ class DramTier:
         None when it cannot fit, even after evicting every unpinned entry: the caller then
         uses buf uncached. An older entry of the same name is discarded.
         """
+        check_key(name)
         with self._lock:
             self._settle()
             if name in self._entries:
@@ -150,6 +161,7 @@ class DramTier:
         A pinned entry's bytes stay counted in `used` until its last tensor is garbage: they
         are still held, so the capacity stays honest.
         """
+        check_key(name)
         with self._lock:
             self._settle()
             entry = self._entries.get(name)
@@ -163,6 +175,7 @@ class DramTier:
 
     def evict(self, name: str) -> bool:
         """Drop name unless it is pinned; whether it is gone."""
+        check_key(name)
         with self._lock:
             self._settle()
             entry = self._entries.get(name)
@@ -220,6 +233,14 @@ class DramTier:
             entry.leases -= 1
             if entry.discarded and not entry.leases:
                 self._used -= entry.nbytes
+
+
+def check_key(key: str) -> str:
+    """key if the DRAM tier may cache under it: a model name (check_name), or PATH_KEY and an
+    absolute path; ModelNameError if neither."""
+    if isinstance(key, str) and key.startswith(PATH_KEY + "/") and "\0" not in key:
+        return key
+    return check_name(key)
 
 
 def held_bytes(buf: np.ndarray) -> int:

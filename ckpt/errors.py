@@ -17,6 +17,7 @@ __all__ = [
     "LayoutError",
     "LengthMismatchError",
     "MissingPartitionError",
+    "ModelNameError",
     "NotACheckpointError",
     "PartitionNameError",
     "PartitionSizeError",
@@ -106,3 +107,7 @@ class ChecksumError(FormatError):
 
 class ConvertError(CheckpointError, ValueError):
     """A source file for conversion (safetensors, torch .pt/.bin, HF directory) is unusable."""
+
+
+class ModelNameError(CheckpointError, ValueError):
+    """A model name a tier cannot store (reserved, unsafe as a file name, too long, ...)."""

@@ -11,8 +11,11 @@ tier with room: a remote miss streams the packed object once, loading it into me
 writing it into the fastest disk tier at the same time (published only when every chunk
 arrived and passed its CRC), then caches it in DRAM. Disk tiers are caches too: a checkpoint
 is evicted from one only when a slower tier (disk or remote) also holds it, so `put` never
-loses the only copy. Models are named ("llama-1b", "org/model"); an absolute or ./ path to a
-checkpoint directory, or a URL of a packed checkpoint, works as well.
+loses the only copy. Models are named ("llama-1b", "org/model"; every verb checks a name with
+ckpt.disk.check_name and raises ModelNameError, a ValueError, for a bad one); an absolute or
+./ path to a checkpoint directory, or a URL of a packed checkpoint, works as well. A disk tier
+is charged what a checkpoint occupies there (ckpt.disk.checkpoint_bytes): `put` reserves the
+size of the index it will write before writing, and charges what was written.
 """
 
 from __future__ import annotations
@@ -21,22 +24,36 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from ckpt.disk import DiskTier, check_name, disk_bytes
-from ckpt.dram import DramTier
-from ckpt.errors import CheckpointError, NotACheckpointError
-from ckpt.format import DEFAULT_ALIGNMENT, INDEX_FILE, align_up
+from ckpt.disk import DiskTier, check_name, checkpoint_bytes, disk_bytes
+from ckpt.dram import PATH_KEY, DramTier
+from ckpt.errors import CheckpointError, NotACheckpointError, SchemaError
+from ckpt.format import (
+    BLOCK,
+    DEFAULT_ALIGNMENT,
+    DEFAULT_CHUNK_SIZE,
+    HEADER_SIZE,
+    INDEX_FILE,
+    MAX_INDEX_BYTES,
+    Index,
+    Partition,
+    TensorEntry,
+    align_up,
+    partition_file_name,
+)
 from ckpt.loader import as_tensor, read_host, read_packed
 from ckpt.reader import LoadStats
 from ckpt.remote import RemoteTier, open_url
+from ckpt.safeopen import read_regular
 from ckpt.source import open_source, resolve_dir
-from ckpt.tensors import save, views
+from ckpt.tensors import dtype_name, plan, save, views
 from ckpt.unpack import copy_buffer, copy_dir
+from ckpt.writer import DEFAULT_PARTITION_SIZE
 
 __all__ = ["URL_PREFIX", "Loaded", "Store"]
 
@@ -182,7 +199,7 @@ class Store:
 
     def _promote(self, key, index, index_bytes, buf, faster: list[DiskTier]) -> list[str]:
         done = []
-        nbytes = len(index_bytes) + index.total_bytes
+        nbytes = checkpoint_bytes(len(index_bytes), index)  # exactly what the copy writes
         for disk in faster:
             i = self.disks.index(disk)
             if not disk.reserve(nbytes, self._droppable(i)):
@@ -204,11 +221,10 @@ class Store:
         tier: a disk or remote tier's name (default: the fastest disk tier). A DRAM entry of
         the same name is discarded, so later loads see the new version. Raises
         CheckpointError when the disk tier has no room even after evicting what slower tiers
-        also hold.
+        also hold, ModelNameError for a bad name (names starting with URL_PREFIX are the
+        store's own, for models loaded by URL).
         """
-        if check_name(name).startswith(URL_PREFIX):
-            raise ValueError(f"{name!r}: names starting with {URL_PREFIX!r} are reserved for "
-                             f"models loaded by URL")
+        check_name(name, reserved=(URL_PREFIX,))
         dest = self._tier(tier) if tier else (self.disks[0] if self.disks else None)
         if dest is None or dest.kind == "dram":
             raise ValueError("put needs a disk or remote tier")
@@ -232,28 +248,33 @@ class Store:
         return dest.name
 
     def _put_disk(self, dest, name: str, src) -> None:
-        i = self.disks.index(dest)
-        want = _state_bytes(src) if isinstance(src, Mapping) else disk_bytes(resolve_dir(src))
-        if not dest.reserve(want, self._droppable(i)):
-            raise CheckpointError(f"{name}: {want} bytes do not fit in tier {dest.name} "
-                                  f"({dest.used} of {dest.capacity} used by checkpoints "
-                                  f"no slower tier holds)")
+        droppable = self._droppable(self.disks.index(dest))
+        want = _planned_bytes(src) if isinstance(src, Mapping) else disk_bytes(resolve_dir(src))
+        if not dest.reserve(want, droppable):
+            raise _no_room(name, want, dest)
         try:
             if isinstance(src, Mapping):
                 save(src, dest.path(name))
             else:
                 copy_dir(src, dest.path(name))
+            got = disk_bytes(dest.path(name))
+            if got > want:  # the plan fell short: charge what was written, or take it back
+                if not dest.reserve(got - want, droppable):
+                    dest.remove(name)
+                    raise _no_room(name, got, dest)
+                want = got
         except BaseException:
             dest.unreserve(want)
             raise
-        dest.added(name, disk_bytes(dest.path(name)), reserved=want)
+        dest.added(name, got, reserved=want)
 
     def evict(self, model: str, tier: str | None = None) -> None:
         """Drop the model from the DRAM tier (unless pinned) or from the named tier."""
-        key = _target(model).key
+        found = _target(model)
+        key = found.key
         target = self._tier(tier) if tier else self.dram
-        if target is None:
-            return
+        if target is None or (found.path is not None and target.kind != "dram"):
+            return  # only the DRAM tier caches checkpoints outside the tiers
         if target.kind == "dram":
             target.evict(key)
         elif target.kind == "disk":
@@ -265,8 +286,7 @@ class Store:
 
     def locate(self, model: str | os.PathLike) -> list[str]:
         """Names of the tiers that hold the model, fastest first."""
-        key = _target(model).key
-        return [t.name for t in self.tiers if t.holds(key)]
+        return [t.name for t in self._holders(_target(model))]
 
     def estimate_load_time(self, model: str | os.PathLike, device: str = "cpu", *,
                            nbytes: int | None = None, ntensors: int | None = None
@@ -286,12 +306,19 @@ class Store:
         if target.path is not None:
             with open_source(target.path) as source:
                 return source.index
-        for t in self.tiers:
-            if t.holds(target.key):
-                return t.index(target.key)
+        holder = next(self._holders(target), None)
+        if holder is not None:
+            return holder.index(target.key)
         raise NotACheckpointError(2, f"{target.key}: in none of the tiers", target.key)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _holders(self, target: _Target) -> Iterator:
+        """The tiers holding target, fastest first (a path's checkpoint only in DRAM)."""
+        tiers = self.tiers
+        if target.path is not None:
+            tiers = [self.dram] if self.dram is not None else []
+        return (t for t in tiers if t.holds(target.key))
 
     def _tier(self, name: str):
         for t in self.tiers:
@@ -336,17 +363,48 @@ def _target(model) -> _Target:
             version = f"@{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
         except OSError:
             version = ""
-        return _Target(f"path:{path}{version}", path=path)
+        return _Target(f"{PATH_KEY}{path}{version}", path=path)
     return _Target(check_name(model))
 
 
 def _index_file(directory: str) -> bytes:
-    with open(os.path.join(directory, INDEX_FILE), "rb") as f:
-        return f.read()
+    """The bytes of a checkpoint directory's index file (bounded, never through a link)."""
+    return read_regular(os.path.join(directory, INDEX_FILE), HEADER_SIZE + MAX_INDEX_BYTES,
+                        missing=NotACheckpointError)
 
 
-def _state_bytes(state: Mapping) -> int:
-    """Upper bound of the bytes a state dict takes saved (data, alignment, an index)."""
-    data = sum(align_up(t.numel() * t.element_size(), DEFAULT_ALIGNMENT)
-               for t in state.values() if isinstance(t, torch.Tensor))
-    return align_up(data, 4096) + 4096 + 512 * len(state)
+def _no_room(name: str, nbytes: int, disk: DiskTier) -> CheckpointError:
+    return CheckpointError(f"{name}: {nbytes} bytes do not fit in tier {disk.name} "
+                           f"({disk.used} of {disk.capacity} used by checkpoints no slower "
+                           f"tier holds)")
+
+
+def _planned_bytes(state: Mapping) -> int:
+    """checkpoint_bytes of `save(state)` in a disk tier, from the index it will write.
+
+    The layout is the writer's (ckpt/writer.py, default options): each tensor at the next
+    multiple of the alignment, a new partition when one would pass DEFAULT_PARTITION_SIZE,
+    partitions padded to BLOCK. CRCs are taken at their widest, so the encoded index is never
+    shorter than the one written. A bad state dict raises what save would, before any write.
+    """
+    stored, aliases = plan(state)
+    tensors, sizes, pos = [], [], None  # pos: end of the partition being filled, if any
+    for name in stored:
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            raise SchemaError(f"{name!r} is a {type(t).__name__}, not a tensor")
+        nbytes = t.numel() * t.element_size()
+        if pos and align_up(pos, DEFAULT_ALIGNMENT) + nbytes > DEFAULT_PARTITION_SIZE:
+            sizes.append(align_up(pos, BLOCK))
+            pos = None
+        offset = align_up(pos or 0, DEFAULT_ALIGNMENT)
+        tensors.append(TensorEntry(name, dtype_name(t.dtype), tuple(t.shape), len(sizes),
+                                   offset, nbytes))
+        pos = offset + nbytes
+    if pos is not None:
+        sizes.append(align_up(pos, BLOCK))
+    parts = tuple(Partition(partition_file_name(i), size,
+                            (0xFFFFFFFF,) * -(-size // DEFAULT_CHUNK_SIZE))
+                  for i, size in enumerate(sizes))
+    index = Index(DEFAULT_ALIGNMENT, DEFAULT_CHUNK_SIZE, parts, tuple(tensors), dict(aliases))
+    return checkpoint_bytes(len(index.encode()), index)

@@ -12,20 +12,25 @@ so an interrupted download never leaves a partial checkpoint behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import shutil
 import threading
 
 from ckpt import atomic
-from ckpt.errors import CheckpointIOError, PartitionSizeError
-from ckpt.format import INDEX_FILE, Index
+from ckpt.errors import CheckpointIOError, NotACheckpointError, PartitionSizeError
+from ckpt.format import HEADER_SIZE, INDEX_FILE, MAX_INDEX_BYTES, Index
 from ckpt.loader import verify
+from ckpt.safeopen import open_regular, read_regular
 from ckpt.source import index_ok, read_index, resolve_dir
 
 __all__ = ["Unpacker", "copy_buffer", "copy_dir"]
 
 _QUEUE_DEPTH = 64  # chunks waiting for the writer; each is a view, not a copy
+_COPY_STEP = 64 << 20  # bytes per copy call
+_NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                            errno.EPERM})
 _STOP = None
 
 
@@ -35,10 +40,15 @@ class Unpacker:
     Not thread-safe: one producer calls begin, chunk (in any order) and commit or abort.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, wait: bool = True):
         self.path = os.path.abspath(os.fspath(path))
-        atomic.recover(self.path, index_ok)  # leftovers of an earlier crash
-        self.tmp, self._token = atomic.temp_dir(self.path)
+        self._lock = atomic.lock(self.path, wait)  # one saver per path, recovery to publish
+        try:
+            atomic.recover(self.path, index_ok)  # leftovers of an earlier crash
+            self.tmp, self._token = atomic.temp_dir(self.path)
+        except BaseException:
+            self._lock.release()
+            raise
         self.index: Index | None = None
         self._fds: list[int] = []
         self._written = 0
@@ -94,15 +104,19 @@ class Unpacker:
             self.abort()
             raise
         self._done = True
+        self._lock.release()
 
     def abort(self) -> None:
         """Stop writing and remove the temporary directory (idempotent)."""
         if self._done:
             return
         self._done = True
-        self._finish_writer()
-        self._close_files()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            self._finish_writer()
+            self._close_files()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Unpacker:
         return self
@@ -148,30 +162,85 @@ def copy_buffer(index: Index, index_bytes: bytes, buf, path: str | os.PathLike) 
 
 
 def copy_dir(src: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Copy the checkpoint directory src to path: every chunk verified, published atomically."""
+    """Copy the checkpoint directory src to path: every chunk verified, published atomically.
+
+    The files of src are opened relative to its directory, never through a link and never
+    blocking (ckpt/safeopen.py), and only the bytes its index names are copied: a partition
+    replaced by a link, a FIFO or a device is a MissingPartitionError, not a hang or an
+    endless copy.
+    """
     src_dir = resolve_dir(src)
-    index = read_index(src_dir)
     path = os.path.abspath(os.fspath(path))
-    atomic.recover(path, index_ok)
-    tmp, token = atomic.temp_dir(path)
     try:
-        for name in [INDEX_FILE] + [p.file for p in index.partitions]:
-            target = os.path.join(tmp, name)
+        src_fd = os.open(src_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CheckpointIOError(exc.errno, f"opening {src_dir} failed: {exc.strerror}") from exc
+    try:
+        index = read_index(src_dir, dir_fd=src_fd)  # the typed errors of a bad index
+        index_bytes = read_regular(INDEX_FILE, HEADER_SIZE + MAX_INDEX_BYTES, dir_fd=src_fd,
+                                   what=f"{src_dir}/{INDEX_FILE}", missing=NotACheckpointError)
+        with atomic.lock(path):  # one saver per path, from recovery to publish
+            atomic.recover(path, index_ok)
+            tmp, token = atomic.temp_dir(path)
             try:
-                shutil.copyfile(os.path.join(src_dir, name), target)
-            except OSError as exc:
-                raise CheckpointIOError(exc.errno, f"copying {src_dir}/{name} failed: "
-                                        f"{exc.strerror}") from exc
-            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                atomic.fsync_fd(fd, target)
-            finally:
-                os.close(fd)
-        verify(tmp)
-        atomic.commit_dir(tmp, path, token)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                _write_file(os.path.join(tmp, INDEX_FILE), index_bytes)
+                for p in index.partitions:
+                    _copy_partition(p.file, p.size, src_fd, src_dir, tmp)
+                verify(tmp)  # also catches an index that changed between its two reads
+                atomic.commit_dir(tmp, path, token)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    finally:
+        os.close(src_fd)
+
+
+def _copy_partition(name: str, size: int, src_fd: int, src_dir: str, tmp: str) -> None:
+    """Copy exactly size bytes of the regular file name in src_fd's directory into tmp."""
+    what = f"{src_dir}/{name}"
+    fd_in = open_regular(name, dir_fd=src_fd, what=what)
+    try:
+        have = os.fstat(fd_in).st_size
+        if have != size:
+            raise PartitionSizeError(f"{what}: {have} bytes, the index says {size}")
+        target = os.path.join(tmp, name)
+        try:
+            fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise CheckpointIOError(exc.errno, f"creating {target} failed: "
+                                    f"{exc.strerror}") from exc
+        try:
+            _copy_bytes(fd_in, fd_out, size, what)
+            atomic.fsync_fd(fd_out, target)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
+def _copy_bytes(fd_in: int, fd_out: int, size: int, what: str) -> None:
+    """Copy bytes [0, size) in the kernel where it can (copy_file_range), else through memory."""
+    done, in_kernel = 0, hasattr(os, "copy_file_range")
+    while done < size:
+        step = min(size - done, _COPY_STEP)
+        try:
+            if in_kernel:
+                n = os.copy_file_range(fd_in, fd_out, step, done, done)
+            else:
+                data = os.pread(fd_in, step, done)
+                _pwrite_all(fd_out, memoryview(data), done, what)
+                n = len(data)
+        except CheckpointIOError:
+            raise
+        except OSError as exc:
+            if in_kernel and exc.errno in _NO_COPY_RANGE:
+                in_kernel = False  # across file systems, or not supported here
+                continue
+            raise CheckpointIOError(exc.errno, f"copying {what} at byte {done} failed: "
+                                    f"{exc.strerror}") from exc
+        if n <= 0:
+            raise PartitionSizeError(f"{what}: ends after {done} of its {size} bytes")
+        done += n
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int, what: str) -> None:
