@@ -225,17 +225,28 @@ def _open_checked(path: str, flags: int, nofollow: bool, url: str) -> int:
 
 
 def _open_direct(fd: int, path: str, flags: int, url: str) -> int:
-    """A second, O_DIRECT descriptor of the file open as fd (through /proc: the same inode)."""
+    """A second, O_DIRECT descriptor of the file open as fd (through /proc: the same inode;
+    without /proc by path, never through a link or blocking, and checked to be that inode)."""
     if not hasattr(os, "O_DIRECT"):
         raise UnsupportedError(f"{url}: this platform has no O_DIRECT")
     at = f"/proc/self/fd/{fd}"
+    by_path = not os.path.exists(at)
+    extra = os.O_NOFOLLOW | os.O_NONBLOCK if by_path else 0
     try:
-        return os.open(at if os.path.exists(at) else path, flags | os.O_DIRECT)
+        direct = os.open(path if by_path else at, flags | os.O_DIRECT | extra)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise UnsupportedError(f"{url}: the file system does not support O_DIRECT (tmpfs?); "
                                    f"open without direct=1") from exc
         raise
+    a, b = os.fstat(fd), os.fstat(direct)
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+        os.close(direct)
+        raise DeviceIOError(errno.ESTALE, f"{url}: the path names another file than the one "
+                            f"opened a moment ago (replaced meanwhile)")
+    if extra:
+        fcntl.fcntl(direct, fcntl.F_SETFL, fcntl.fcntl(direct, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return direct
 
 
 def _fsync_dir(path: str) -> None:

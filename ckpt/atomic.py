@@ -13,10 +13,10 @@ At every instant NAME is absent, the complete old checkpoint or the complete new
 A load that finds NAME missing reads through `resolve`: when an `old` sibling shows that a
 swap began, the new `tmp` (if complete) or else `old` is the checkpoint; nothing is changed.
 `recover` runs before every save: it renames that directory back to NAME and deletes the
-leftovers of crashed saves. One writer per NAME at a time, enforced by `lock` (flock on the
-sibling `NAME.lock`), held from recovery to publish: without it, a second saver's recovery
-would delete the first one's temporary directory in the middle of its publish. Readers never
-lock and may run any time.
+leftovers of crashed saves. One writer per NAME at a time, enforced by `lock` (flock on
+the hidden sibling `.NAME.ckpt-lock`), held from recovery to publish: without it, a second
+saver's recovery would delete the first one's temporary directory in the middle of its
+publish. Readers never lock and may run any time.
 """
 
 from __future__ import annotations
@@ -27,14 +27,24 @@ import fcntl
 import os
 import secrets
 import shutil
+import threading
 import weakref
 
 from ckpt.errors import CheckpointIOError, SaveInProgressError
 
-__all__ = ["SaveLock", "commit_dir", "fsync_dir", "fsync_fd", "lock", "recover", "resolve",
-           "temp_dir", "try_recover"]
+__all__ = ["SaveLock", "commit_dir", "fsync_dir", "fsync_fd", "lock", "lock_path", "recover",
+           "resolve", "temp_dir", "try_recover"]
 
-LOCK_SUFFIX = ".lock"
+#: the save lock of NAME is the hidden sibling `.NAME.ckpt-lock`: a name no user convention
+#: (py-filelock's NAME.lock, say) and no model name of a disk tier can take
+LOCK_SUFFIX = ".ckpt-lock"
+_held: dict[str, int] = {}  # lock path -> thread holding it: flock cannot see re-entry
+_held_guard = threading.Lock()
+
+
+def lock_path(path: str) -> str:
+    parent, base = _split(path)
+    return os.path.join(parent, f".{base}{LOCK_SUFFIX}")
 
 
 class SaveLock:
@@ -42,10 +52,17 @@ class SaveLock:
 
     The lock file is removed on release. A waiter that wins the lock on a file that was
     removed meanwhile opens it again, so two savers never hold locks on different files.
+    A thread that already holds it gets SaveInProgressError at once (waiting would deadlock:
+    flock locks of one process on two descriptors exclude each other).
     """
 
     def __init__(self, path: str, wait: bool = True):
-        self.path = f"{path}{LOCK_SUFFIX}"
+        self.path = lock_path(path)
+        me = threading.get_ident()
+        with _held_guard:
+            if _held.get(self.path) == me:
+                raise SaveInProgressError(errno.EDEADLK, f"{path}: this thread is already "
+                                          f"saving to this path", path)
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
@@ -62,21 +79,30 @@ class SaveLock:
             except FileNotFoundError:  # the holder removed it as we won: take a fresh one
                 os.close(fd)
                 continue
-            except OSError as exc:
+            except BaseException as exc:
                 os.close(fd)
-                raise _io_error(exc, f"locking {self.path}") from exc
+                if isinstance(exc, OSError):
+                    raise _io_error(exc, f"locking {self.path}") from exc
+                raise
             if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
                 break
             os.close(fd)
         self._fd = fd
-        self._closer = weakref.finalize(self, os.close, fd)  # a forgotten lock dies with us
+        self._ino = (held.st_dev, held.st_ino)
+        with _held_guard:
+            _held[self.path] = me
+        self._closer = weakref.finalize(self, _forget, self.path, fd)  # dies with us
 
     def release(self) -> None:
-        if self._closer.alive:
-            try:
-                os.unlink(self.path)  # while still held: no one can be holding it too
-            except FileNotFoundError:
-                pass
+        if not self._closer.alive:
+            return
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == self._ino:  # ours: remove it while still held
+                os.unlink(self.path)
+        except OSError:
+            pass  # a lock file left behind costs nothing: the next saver reuses it
+        finally:
             self._closer()
 
     def __enter__(self) -> SaveLock:
@@ -84,6 +110,12 @@ class SaveLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _forget(path: str, fd: int) -> None:
+    with _held_guard:
+        _held.pop(path, None)
+    os.close(fd)
 
 
 def lock(path: str, wait: bool = True) -> SaveLock:

@@ -67,8 +67,7 @@ def check_name(name: str, *, reserved: tuple[str, ...] = ()) -> str:
     MAX_PART_BYTES ASCII letters, digits, '.', '_' or '-' and starts with a letter or a
     digit (so no '', '.', '..', hidden or option-like names, no control character, no NUL).
     Refused as well: '--' (the directory spelling of '/'), the tier's markers `.tmp-`,
-    `.old-`, `.del-`, a `.lock` ending (a save's lock file, ckpt/atomic.py), names whose
-    directory starts with `store.` (the state file and its
+    `.old-`, `.del-`, names whose directory starts with `store.` (the state file and its
     kin), names whose directory would not map back to them, and names starting with one of
     the caller's `reserved` prefixes.
     """
@@ -106,8 +105,6 @@ def _problem(name, reserved: tuple[str, ...]) -> str | None:
     for marker in _MARKERS:
         if marker in lowered:
             return f"{marker!r} marks the disk tier's temporary and set-aside copies"
-    if lowered.endswith(atomic.LOCK_SUFFIX):
-        return f"{atomic.LOCK_SUFFIX!r} names the save lock of a checkpoint beside it"
     directory = _directory(name)
     if directory.lower().startswith(_RESERVED):
         return f"names starting with {_RESERVED!r} are the disk tier's own files"

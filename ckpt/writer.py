@@ -209,9 +209,9 @@ class Writer:
         except BaseException:
             self.abort()
             raise
-        self._lock.release()
         self._state = "committed"
         self.index = index
+        self._lock.release()
         return index
 
     def abort(self) -> None:

@@ -43,20 +43,37 @@ struct bas_slice {
  * SIGBUS guard. A mapping of a file that someone else truncates faults with SIGBUS on the
  * pages past the new end; without a guard that kills the interpreter. While a worker copies
  * to or from a mapping, guard_jmp points at its jump buffer and the handler jumps back into
- * run_slice, which fails the request with -EIO. A SIGBUS outside a guarded copy goes to the
- * handler that was there before (Python's faulthandler, or the default: a core dump).
+ * run_slice, which fails the request with -EIO. A SIGBUS outside a guarded copy goes once to
+ * the handler that was there before (Python's faulthandler, or the default: a core dump);
+ * should that handler hand it back (faulthandler, enabled after us, saved us as its own
+ * "previous"), the second one dies the default way instead of ping-ponging forever.
+ * guard_jmp is initial-exec TLS: reading it in the handler never allocates.
  */
-static __thread sigjmp_buf *guard_jmp;
+static __thread __attribute__((tls_model("initial-exec"))) sigjmp_buf *guard_jmp;
 static struct sigaction prev_bus;
+static volatile sig_atomic_t bus_forwarded;
 static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* bus_handler -- jump back into a guarded copy, or pass the signal on */
+/* die_of -- reset sig to its default action and raise it (delivered when the handler returns) */
+static void
+die_of(int sig)
+{
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/* bus_handler -- jump back into a guarded copy, or pass the signal on once */
 static void
 bus_handler(int sig, siginfo_t *info, void *ctx)
 {
 	sigjmp_buf *jb = guard_jmp;
 	if (jb != NULL)
 		siglongjmp(*jb, 1);
+	if (bus_forwarded || prev_bus.sa_handler == SIG_DFL) {
+		die_of(sig);
+		return;
+	}
+	bus_forwarded = 1;
 	if (prev_bus.sa_flags & SA_SIGINFO) {
 		if (prev_bus.sa_sigaction != NULL)
 			prev_bus.sa_sigaction(sig, info, ctx);
@@ -64,12 +81,6 @@ bus_handler(int sig, siginfo_t *info, void *ctx)
 	}
 	if (prev_bus.sa_handler == SIG_IGN)
 		return;
-	if (prev_bus.sa_handler == SIG_DFL) {
-		/* die the default way: the raised signal is delivered once this handler returns */
-		signal(sig, SIG_DFL);
-		raise(sig);
-		return;
-	}
 	prev_bus.sa_handler(sig);
 }
 

@@ -68,8 +68,20 @@ def test_second_writer_without_waiting_gets_save_in_progress(tmp_path):
     path = tmp_path / "m.ckpt"
     first = Writer(path)
     try:
-        with pytest.raises(ckpt.SaveInProgressError, match="another save"):
-            Writer(path, wait=False)
+        errors = []
+
+        def other_thread():
+            try:
+                Writer(path, wait=False)
+            except ckpt.SaveInProgressError as exc:
+                errors.append(str(exc))
+
+        import threading
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert len(errors) == 1 and "another save" in errors[0]
         first.add("x", "uint8", (3,), b"abc")
         first.commit()
     finally:
@@ -84,3 +96,48 @@ def test_abandoned_writer_does_not_hold_the_lock_forever(tmp_path):
     Writer(path)  # never committed nor aborted: collected at once
     w = Writer(path, wait=False)
     w.abort()
+
+
+def test_users_own_name_lock_file_around_a_save_does_not_deadlock(tmp_path):
+    """py-filelock's convention (flock on NAME.lock around the save) must not meet ours."""
+    import fcntl
+
+    path = tmp_path / "m.ckpt"
+    with open(f"{path}.lock", "w") as user_lock:
+        fcntl.flock(user_lock, fcntl.LOCK_EX)
+        w = Writer(path, wait=False)  # before: SaveInProgressError, or a hang when waiting
+        w.add("x", "uint8", (1,), b"x")
+        w.commit()
+    assert sorted(os.listdir(tmp_path)) == ["m.ckpt", "m.ckpt.lock"]  # theirs stays
+
+
+def test_a_save_nested_in_a_save_of_the_same_path_fails_instead_of_hanging(tmp_path):
+    path = tmp_path / "m.ckpt"
+    outer = Writer(path)
+    try:
+        with pytest.raises(ckpt.SaveInProgressError, match="already saving"):
+            Writer(path)  # wait=True: flock would wait for ourselves forever
+    finally:
+        outer.abort()
+
+
+def test_a_second_thread_waits_for_the_first_save(tmp_path):
+    import threading
+
+    path = tmp_path / "m.ckpt"
+    first = Writer(path)
+    done = []
+
+    def second():
+        with Writer(path) as w:
+            w.add("y", "uint8", (1,), b"y")
+        done.append(True)
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(0.5)
+    assert not done  # still waiting for the lock
+    first.add("x", "uint8", (1,), b"x")
+    first.commit()
+    t.join(30)
+    assert done and list(ckpt.load(path)) == ["y"]

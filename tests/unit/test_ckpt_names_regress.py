@@ -19,8 +19,7 @@ from ckpt.disk import STATE_FILE, check_name
 
 SD = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
 RESERVED = ["store.json.tmp", "store.json", "Store.JSON.tmp", "store.lock", "store.json/x",
-            "x.tmp-1", "x.TMP-1", "m.old-0badc0de", "m.del-0badc0de", "org/m.tmp-1", "m.lock",
-            "org/m.LOCK"]
+            "x.tmp-1", "x.TMP-1", "m.old-0badc0de", "m.del-0badc0de", "org/m.tmp-1"]
 UNSAFE = ["", ".", "..", "a/", "/", "a//b", "a/b/c", ".hidden", "-rf", "a b", "a\x00b", "a\nb",
           "a\tb", "a\x7fb", "a\\b", "a:b", "é", "a\u202eb", "a--b", "a-/b", "x" * 101,
           f"{'x' * 100}/{'y' * 101}"]
