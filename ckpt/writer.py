@@ -156,6 +156,8 @@ class Writer:
         """Append one tensor's bytes (C order). data: a buffer or an iterable of buffers."""
         self._check_open()
         try:
+            if any(isinstance(d, bool) for d in shape):
+                raise TypeError("a bool is not a dimension")
             shape = tuple(operator.index(d) for d in shape)
         except TypeError:
             raise SchemaError(f"{name!r}: shape {shape!r} is not a sequence of integers") from None
