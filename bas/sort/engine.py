@@ -16,9 +16,12 @@ from bas import open_device
 from bas.device import Device
 from bas.errors import DeviceIOError
 from bas.registry import DeviceURL, parse_size
-from bas.sort.passes import Job, run_algorithm
+from bas.sort.passes import Job, kv_in_memory
 from bas.sort.plan import make_plan
 from bas.sort.report import SortReport, Tracker
+from bas.sort.runs import kv_external, mergesort
+
+_ALGORITHMS = {"kv": kv_in_memory, "kv-external": kv_external, "mergesort": mergesort}
 
 __all__ = ["SCHEDULES", "sort"]
 
@@ -71,7 +74,7 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
         tracker = Tracker(report, [src] + ([dst] if dst is not src else []))
         job = Job(src, dst, n, record_size, key_size, key_offset, plan, schedule, tracker,
                   _scratch_factory(scratch, output), progress)
-        run_algorithm(job)
+        _run_algorithm(job)
         if n:
             dst.persist()
         if publish is not None:
@@ -217,3 +220,11 @@ def _scratch_factory(scratch, output):
         return dev, lambda: shutil.rmtree(directory, ignore_errors=True)
 
     return make
+
+
+def _run_algorithm(job: Job) -> None:
+    try:
+        if job.n:
+            _ALGORITHMS[job.plan.algorithm](job)
+    finally:
+        job.cleanup()

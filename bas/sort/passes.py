@@ -23,7 +23,7 @@ from bas.phase import run_phase, sequential_phase
 from bas.sort.plan import Plan
 from bas.sort.report import Tracker
 
-__all__ = ["Job", "run_algorithm"]
+__all__ = ["Job", "kv_in_memory"]
 
 #: bytes per sequential read or write request (large enough for full device bandwidth)
 IO_PIECE = 1 << 20
@@ -92,15 +92,6 @@ class Job:
     def cleanup(self) -> None:
         while self._cleanups:
             self.drop_scratch(self._cleanups[-1][0])
-
-
-def run_algorithm(job: Job) -> None:
-    try:
-        if job.n == 0:
-            return
-        {"kv": _kv, "kv-external": _kv_external, "mergesort": _mergesort}[job.plan.algorithm](job)
-    finally:
-        job.cleanup()
 
 
 # -- sequential I/O helpers --------------------------------------------------------------
@@ -253,7 +244,7 @@ def _emit_sorted_entries(job: Job, writer: SeqWriter, entries: np.ndarray, count
 
 # -- the algorithms ----------------------------------------------------------------------
 
-def _kv(job: Job) -> None:
+def kv_in_memory(job: Job) -> None:
     """Key index in memory: read keys, sort entries, gather and write each record once."""
     n, E = job.n, job.entry_size
     entries = job.buffer(n * E)
@@ -279,22 +270,6 @@ def _write_from_entries(job: Job, entries: np.ndarray, n: int) -> None:
     for b in buffers:
         job.free(b)
     job.tick("write-output", n, n)
-
-
-def _kv_external(job: Job) -> None:
-    """Runs of sorted entries (never values), merged with a loser tree, records gathered."""
-    from bas.sort.runs import form_entry_runs, merge_entry_runs
-
-    runs_dev, runs = form_entry_runs(job)
-    merge_entry_runs(job, runs_dev, runs)
-
-
-def _mergesort(job: Job) -> None:
-    """Classic external merge sort: sorted runs of whole records, then k-way merges."""
-    from bas.sort.runs import form_record_runs, merge_record_runs
-
-    runs_dev, runs = form_record_runs(job)
-    merge_record_runs(job, runs_dev, runs)
 
 
 def parallel_chunks(job: Job, chunks: list, work: Callable) -> None:

@@ -23,7 +23,8 @@ from bas.sort.passes import (
     parallel_chunks,
 )
 
-__all__ = ["form_entry_runs", "form_record_runs", "merge_entry_runs", "merge_record_runs"]
+__all__ = ["form_entry_runs", "form_record_runs", "kv_external", "merge_entry_runs",
+           "merge_record_runs", "mergesort"]
 
 #: smallest run buffer, in items, that a merge may use (below it: too many tiny reads)
 MIN_RUN_ITEMS = 16
@@ -286,3 +287,15 @@ def merge_record_runs(job: Job, dev: Device | None, runs: list[Run]) -> None:
                    G, 2 if piped else 1, lambda buf, m: writer.write(buf[:m * R]))
         finally:
             writer.close()
+
+
+def kv_external(job: Job) -> None:
+    """Runs of sorted entries (never values), merged with a loser tree, records gathered."""
+    runs_dev, runs = form_entry_runs(job)
+    merge_entry_runs(job, runs_dev, runs)
+
+
+def mergesort(job: Job) -> None:
+    """Classic external merge sort: sorted runs of whole records, then k-way merges."""
+    runs_dev, runs = form_record_runs(job)
+    merge_record_runs(job, runs_dev, runs)
