@@ -159,18 +159,25 @@ def mem_scatter(base, base_len: int, offs, lens, uniform, total, src, threads=1)
 
 
 def fd_gather(fd, fd_direct, align, direct_limit, offs, lens, uniform, total, out,
-              threads=1) -> None:
-    """pread the pieces into out, packed; see bas_io.h for the O_DIRECT split."""
+              threads=1, cache_first: bool = False) -> int:
+    """pread the pieces into out, packed; see bas_io.h for the O_DIRECT split.
+
+    cache_first: take what the page cache holds before reading through fd_direct. Returns
+    the bytes served from the page cache that way (0 without cache_first).
+    """
     _check_fd_args(fd, fd_direct, align)
     total = _checked_total(offs, lens, uniform, total)
     _check_fit(len(memoryview(out).cast("B")), total, "out")
     uniform, n = _effective_uniform(lens, uniform, offs.size)
+    cached = ffi.new("uint64_t *")
     with ffi.from_buffer(out, require_writable=True) as o:
-        rc = lib.bas_fd_gather(fd, fd_direct, align, direct_limit,
-                               ffi.from_buffer("uint64_t[]", offs), _lens_ptr(lens), uniform,
-                               n, o, _check_threads(threads))
+        args = (fd, fd_direct, align, direct_limit, ffi.from_buffer("uint64_t[]", offs),
+                _lens_ptr(lens), uniform, n, o, _check_threads(threads))
+        rc = (lib.bas_fd_gather_cached(*args, cached) if cache_first
+              else lib.bas_fd_gather(*args))
     if rc:
         _raise_errno(rc, "file read")
+    return int(cached[0])
 
 
 def fd_scatter(fd, fd_direct, align, direct_limit, offs, lens, uniform, total, src,

@@ -42,6 +42,10 @@ class FileDevice(Device):
                   truncated by someone else under the mapping gives DeviceIOError, not SIGBUS.
       nofollow    refuse a symbolic link as the last path component, and anything but a
                   regular file (for files inside directories that others can change)
+      cache_first with direct: reads first take what the page cache already holds (asked with
+                  mincore, then a memcpy) and read only the rest with O_DIRECT, so a cached
+                  file is not read from the disk again; `cached_bytes` counts what came
+                  from the cache
 
     The path is opened once, never blocking (a FIFO is refused, not waited on); the O_DIRECT
     descriptor is reopened from that descriptor, so both always name the same file.
@@ -53,13 +57,15 @@ class FileDevice(Device):
     def __init__(self, path: str, *, size: int | None = None, create: bool | None = None,
                  direct: bool = False, bounce: bool = True, preallocate: bool = True,
                  read_only: bool = False, map: bool = True, nofollow: bool = False,
-                 url: str | None = None):
+                 cache_first: bool = False, url: str | None = None):
         super().__init__(url or f"file://{path}", read_only=read_only)
         self.path = path
         self.direct_io = direct
         self.granularity = DIRECT_ALIGN if direct else 1
         self.alignment = DIRECT_ALIGN if direct and not bounce else 1
         self._rmw_lock = threading.Lock()
+        self._cache_first = cache_first and direct
+        self.cached_bytes = 0  # bytes read from the page cache by cache_first
         create = size is not None if create is None else create
         exists = os.path.exists(path)
         if not exists and not create:
@@ -106,6 +112,7 @@ class FileDevice(Device):
             read_only=url.take_bool("read_only"),
             map=url.take_bool("map", True),
             nofollow=url.take_bool("nofollow"),
+            cache_first=url.take_bool("cache_first"),
         )
         url.finish()
         return cls(url.path, url=url.text, **options)
@@ -138,9 +145,15 @@ class FileDevice(Device):
         return self._len - self._len % DIRECT_ALIGN
 
     def _io(self, gather: bool, offs, lens, uniform, total, buf, threads: int) -> None:
-        fn = native.fd_gather if gather else native.fd_scatter
-        fn(self._fd, self._fd_direct, DIRECT_ALIGN, self._direct_limit(), offs, lens, uniform,
-           total, buf, threads)
+        if not gather:
+            native.fd_scatter(self._fd, self._fd_direct, DIRECT_ALIGN, self._direct_limit(),
+                              offs, lens, uniform, total, buf, threads)
+            return
+        cached = native.fd_gather(self._fd, self._fd_direct, DIRECT_ALIGN, self._direct_limit(),
+                                  offs, lens, uniform, total, buf, threads, self._cache_first)
+        if cached:
+            with self._rmw_lock:  # a counter shared by reader threads
+                self.cached_bytes += cached
 
     def _read_into(self, offset: int, view: memoryview) -> None:
         self._io(True, np.array([offset], np.uint64), None, view.nbytes, view.nbytes, view, 1)

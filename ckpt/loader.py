@@ -45,16 +45,39 @@ Tensors = dict[str, torch.Tensor]
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
          threads: int | None = None, verify: bool | None = None,
          progress: Callable[[int, int], None] | None = None, pool: HostPool | None = None,
-         stats: LoadStats | None = None, direct: bool = True, profile=None) -> Tensors:
+         stats: LoadStats | None = None, direct: bool | None = None, profile=None,
+         mmap: bool | None = None) -> Tensors:
     """Every tensor of the checkpoint directory at path, on device ("cpu" or "cuda[:N]").
+
+    mmap: None (default) gives CPU tensors as views of private copy-on-write mappings of the
+    partition files when no pool or direct= is given (no copy: see ckpt/mapped.py for the
+    trade-off), and reads into one anonymous buffer otherwise; False always reads (private
+    memory, e.g. for pinning or when the files may be changed by others); True always maps.
 
     threads: reader threads (default: profile.best_threads, else the CPU count).
     verify: check every chunk's CRC-32 (default on). progress(done_bytes, total_bytes) is
     called from reader threads, serialised. pool: borrow the host buffer (CPU) or the pinned
-    staging buffers (CUDA) from it. stats: filled with bytes, threads and times. direct=False
-    reads through the page cache. profile: a bas.profile.Profile of the disk.
+    staging buffers (CUDA) from it. stats: filled with bytes, threads and times. direct:
+    None (default) takes each chunk from the page cache when it is there and reads the rest
+    with O_DIRECT; True always O_DIRECT, False always the page cache (see open_source).
+    profile: a bas.profile.Profile of the disk.
     """
     start = time.perf_counter()
+    cpu = torch.device(device).type == "cpu"
+    if mmap and (pool is not None or not cpu or direct is not None):
+        raise ValueError("load: mmap=True gives CPU tensors backed by the files; it takes no "
+                         "pool, direct= or other device")
+    if mmap is None:
+        # a private mapping costs no copy and no fresh memory: measured here, faulting in
+        # fresh anonymous memory alone costs more than reading a cached checkpoint
+        # (docs/BENCHMARKS.md). A pool (memory already faulted) or direct= asks for a copy.
+        mmap = cpu and pool is None and direct is None
+    if mmap:
+        from ckpt.mapped import load_mapped
+
+        return load_mapped(path, threads=threads or max(2, os.cpu_count() or 1),
+                           verify=True if verify is None else bool(verify),
+                           progress=progress, stats=stats)
     with open_source(path, direct=direct) as source:
         out = load_from(source, device, threads=threads, verify=verify, progress=progress,
                         pool=pool, stats=stats, profile=profile)

@@ -31,7 +31,9 @@ class LoadStats:
     bytes_read: int = 0  # bytes moved from the source's devices (or stream)
     chunks: int = 0
     threads: int = 0
-    direct: bool = False  # every partition was read with O_DIRECT
+    direct: bool = False  # every partition was opened for O_DIRECT
+    cached_bytes: int = 0  # of bytes_read, those taken from the page cache (direct=None)
+    mapped: bool = False  # tensors are views of private file mappings (ckpt.mapped)
     verified: bool = False  # every chunk's CRC-32 was checked
     read_seconds: float = 0.0  # reading (and verifying, and copying to the device)
     seconds: float = 0.0  # the whole load, index to tensors
@@ -118,9 +120,12 @@ def read_chunks(source: Source, dest: Callable[[Chunk], object], *, threads: int
             progress.add(chunk.length)
 
     start = time.perf_counter()
+    devices = {id(dev): dev for dev, _ in source.parts}.values()
+    cached = sum(getattr(dev, "cached_bytes", 0) for dev in devices)
     used = run_parallel(tasks, work, threads)
     if stats is not None:
         stats.read_seconds += time.perf_counter() - start
+        stats.cached_bytes += sum(getattr(dev, "cached_bytes", 0) for dev in devices) - cached
         stats.bytes_read += sum(c.length for c in tasks)
         stats.chunks += len(tasks)
         stats.threads = used

@@ -2,9 +2,10 @@
 
 `open_source(path)` opens a checkpoint directory: the index is read with a bounded read and
 validated, every partition must be a regular file of exactly the size the index gives, and
-each is opened as a bas file:// device with O_DIRECT (buffered where the file system has no
-O_DIRECT). `Source(index, parts)` wraps devices that are already open (a DRAM tier, one big
-file holding every partition back to back): the loader does not care which.
+each is opened as a bas file:// device with O_DIRECT that first takes what the page cache
+holds (buffered where the file system has no O_DIRECT). `Source(index, parts)` wraps
+devices that are already open (a DRAM tier, one big file holding every partition back to
+back): the loader does not care which.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bas import Device, DeviceError, InvalidURLError, UnsupportedError, open_device
 from ckpt import atomic
@@ -34,7 +37,10 @@ from ckpt.format import (
     decode_header,
 )
 
-__all__ = ["Source", "index_ok", "open_source", "packed_source", "read_index", "resolve_dir"]
+T = TypeVar("T")
+
+__all__ = ["Source", "at_directory", "index_ok", "open_source", "packed_source", "read_index",
+           "resolve_dir"]
 
 
 @dataclass
@@ -44,7 +50,7 @@ class Source:
     index: Index
     parts: list[tuple[Device, int]]
     name: str = "checkpoint"
-    direct: bool = False  # every partition is read with O_DIRECT
+    direct: bool = False  # every partition is read with O_DIRECT (cached chunks may not be)
     owned: list[Device] = field(default_factory=list)  # closed by close()
 
     def __post_init__(self):
@@ -107,13 +113,26 @@ def read_index(directory: str, *, dir_fd: int | None = None) -> Index:
     return Index.decode(head + body, path)
 
 
-def open_source(path: str | os.PathLike, *, direct: bool = True) -> Source:
+def open_source(path: str | os.PathLike, *, direct: bool | None = None) -> Source:
     """Open a checkpoint directory for loading; close() (or `with`) releases the devices.
 
-    The directory is opened once and the index and every partition are opened relative to
-    it, so a save that replaces the checkpoint meanwhile cannot mix its files with the old
-    ones. When that save moved or deleted the directory before every file was open (or
-    resolve named a `tmp` that was renamed just after), the open is retried once.
+    direct: None (default) reads each chunk from the page cache when it is there and with
+    O_DIRECT otherwise (the right path whether the checkpoint is cold, warm or partly
+    cached, decided per chunk at read time); True always O_DIRECT; False always through
+    the page cache. Without O_DIRECT (tmpfs) every mode reads through the page cache.
+
+    One version of the checkpoint, opened through its directory's descriptor (at_directory).
+    """
+    return at_directory(path, lambda directory, dir_fd: _open_at(directory, dir_fd, direct))
+
+
+def at_directory(path: str | os.PathLike, opener: Callable[[str, int], T]) -> T:
+    """opener(directory, dir_fd) on the checkpoint directory named path, opened once.
+
+    Everything opener opens is relative to dir_fd (closed when it returns), so a save that
+    replaces the checkpoint meanwhile cannot mix its files with the old ones. When that save
+    moved or deleted the directory before every file was open (or resolve named a `tmp` that
+    was renamed just after), it is tried once more.
     """
     for attempt in (1, 2):
         try:
@@ -130,20 +149,20 @@ def open_source(path: str | os.PathLike, *, direct: bool = True) -> Source:
             raise CheckpointIOError(exc.errno, f"opening {directory} failed: "
                                     f"{exc.strerror}") from exc
         try:
-            return _open_at(directory, dir_fd, direct)
+            return opener(directory, dir_fd)
         except (NotACheckpointError, MissingPartitionError, CheckpointIOError):
             if attempt == 2 or not _moved(directory, dir_fd):
                 raise
         finally:
-            os.close(dir_fd)  # the partitions, once open, no longer need it
+            os.close(dir_fd)  # what opener opened no longer needs it
     raise AssertionError("unreachable")
 
 
-def _open_at(directory: str, dir_fd: int, direct: bool) -> Source:
+def _open_at(directory: str, dir_fd: int, direct: bool | None) -> Source:
     index = read_index(directory, dir_fd=dir_fd)
     owned: list[Device] = []
     try:
-        parts, all_direct = [], direct
+        parts, all_direct = [], direct is not False
         for p in index.partitions:
             full = os.path.join(directory, p.file)
             dev, is_direct = _open_partition(full, direct, _fd_path(dir_fd, p.file, full))
@@ -202,16 +221,17 @@ def _check_partition_size(dev: Device, full: str, size: int) -> None:
                                  f"says {size}")
 
 
-def _open_partition(full: str, direct: bool, at: str) -> tuple[Device, bool]:
+def _open_partition(full: str, direct: bool | None, at: str) -> tuple[Device, bool]:
     """Open the partition named full (in messages) through the path at.
 
     Never through a link and never blocking (a FIFO or a link to /dev/zero swapped in after
     the index was read is refused); the device reads through the descriptor it checked.
     """
     try:
-        if direct:
+        if direct is not False:
             try:
-                return open_device(at, direct=True, read_only=True, nofollow=True), True
+                return open_device(at, direct=True, read_only=True, nofollow=True,
+                                   cache_first=direct is None), True
             except UnsupportedError:
                 pass  # tmpfs and friends: buffered reads still work
         return open_device(at, read_only=True, nofollow=True), False

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -30,12 +31,14 @@ struct bas_job {
 	const uint64_t *lengths;
 	uint64_t uniform_len;
 	uint8_t *buf;
+	int cache_first;	/* gathers: take what the page cache holds before O_DIRECT */
 };
 
 struct bas_slice {
 	const struct bas_job *job;
 	uint64_t lo, hi;	/* request indexes [lo, hi) */
 	uint64_t pos;		/* where request lo starts in buf */
+	uint64_t cached;	/* bytes served from the page cache (cache_first) */
 	int rc;
 };
 
@@ -232,12 +235,62 @@ direct_write(const struct bas_job *job, uint8_t *bounce, const uint8_t *src, uin
 	return 0;
 }
 
+/* resident_prefix -- bytes from off on, up to len, whose pages the page cache holds now.
+ * Asked with mincore on a throw-away mapping: unlike a RWF_NOWAIT read, asking starts no
+ * readahead, so an uncached range is not read twice (by readahead and by O_DIRECT). */
+static uint64_t
+resident_prefix(int fd, uint64_t off, uint64_t len)
+{
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t start = off & ~(page - 1);
+	uint64_t span = off + len - start;
+	uint64_t pages = (span + page - 1) / page;
+	unsigned char small[256];
+	unsigned char *vec = pages <= sizeof(small) ? small : malloc(pages);
+	uint64_t done = 0;
+	if (vec == NULL)
+		return 0;
+	void *map = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)start);
+	if (map != MAP_FAILED) {
+		if (mincore(map, span, vec) == 0) {
+			uint64_t k = 0;
+			while (k < pages && (vec[k] & 1))
+				k++;
+			done = k == pages ? len : (start + k * page > off ? start + k * page - off : 0);
+		}
+		munmap(map, span);
+	}
+	if (vec != small)
+		free(vec);
+	return done;
+}
+
+/* cached_prefix -- read the part of [off, off+len) that the page cache holds: its length */
+static uint64_t
+cached_prefix(int fd, uint8_t *buf, uint64_t len, uint64_t off)
+{
+	uint64_t want = resident_prefix(fd, off, len);
+	if (want == 0 || full_pread(fd, buf, want, off))
+		return 0;	/* evicted meanwhile, or an error: O_DIRECT reads it all */
+	return want;
+}
+
 /* fd_piece -- move one request, splitting it at direct_limit */
 static int
-fd_piece(const struct bas_job *job, uint8_t *bounce, uint8_t *buf, uint64_t off, uint64_t len)
+fd_piece(const struct bas_job *job, struct bas_slice *s, uint8_t *bounce, uint8_t *buf,
+		uint64_t off, uint64_t len)
 {
 	uint64_t head = 0;
 	int rc = 0;
+	if (job->cache_first && job->fd_direct >= 0 && off < job->direct_limit) {
+		uint64_t hit = cached_prefix(job->fd_buffered, buf, len, off);
+		s->cached += hit;
+		buf += hit;
+		off += hit;
+		len -= hit;
+		if (len == 0)
+			return 0;
+	}
 	if (job->fd_direct >= 0 && off < job->direct_limit) {
 		head = job->direct_limit - off;
 		if (head > len)
@@ -299,6 +352,7 @@ run_slice(void *arg)
 	uint8_t *bounce = NULL;
 	uint64_t pos = s->pos;
 	s->rc = 0;
+	s->cached = 0;
 
 	if (job->kind == MEM_GATHER || job->kind == MEM_SCATTER) {
 		guarded_slice(s);
@@ -312,7 +366,7 @@ run_slice(void *arg)
 	}
 	for (uint64_t i = s->lo; i < s->hi; i++) {
 		uint64_t len = piece_len(job, i);
-		s->rc = fd_piece(job, bounce, job->buf + pos, job->offsets[i], len);
+		s->rc = fd_piece(job, s, bounce, job->buf + pos, job->offsets[i], len);
 		if (s->rc)
 			break;
 		pos += len;
@@ -323,7 +377,7 @@ run_slice(void *arg)
 
 /* run_job -- split the requests into byte-balanced slices and run them on threads */
 static int
-run_job(const struct bas_job *job, uint64_t n, int threads)
+run_job(const struct bas_job *job, uint64_t n, int threads, uint64_t *cached)
 {
 	if (threads < 1)
 		threads = 1;
@@ -367,9 +421,12 @@ run_job(const struct bas_job *job, uint64_t n, int threads)
 	for (int t = 1; t < threads; t++)
 		if (tids[t])
 			pthread_join(tids[t], NULL);
-	for (int t = 0; t < threads; t++)
+	for (int t = 0; t < threads; t++) {
 		if (slices[t].rc && !rc)
 			rc = slices[t].rc;
+		if (cached != NULL)
+			*cached += slices[t].cached;
+	}
 	return rc;
 }
 
@@ -378,9 +435,9 @@ bas_mem_gather(const uint8_t *base, const uint64_t *offsets, const uint64_t *len
 		uint64_t uniform_len, uint64_t n, uint8_t *out, int threads)
 {
 	struct bas_job job = { MEM_GATHER, (uint8_t *)base, -1, -1, 1, 0, offsets, lengths,
-		uniform_len, out };
+		uniform_len, out, 0 };
 	int rc = install_bus_guard();
-	return rc ? rc : run_job(&job, n, threads);
+	return rc ? rc : run_job(&job, n, threads, NULL);
 }
 
 int
@@ -388,9 +445,9 @@ bas_mem_scatter(uint8_t *base, const uint64_t *offsets, const uint64_t *lengths,
 		uint64_t uniform_len, uint64_t n, const uint8_t *src, int threads)
 {
 	struct bas_job job = { MEM_SCATTER, base, -1, -1, 1, 0, offsets, lengths, uniform_len,
-		(uint8_t *)src };
+		(uint8_t *)src, 0 };
 	int rc = install_bus_guard();
-	return rc ? rc : run_job(&job, n, threads);
+	return rc ? rc : run_job(&job, n, threads, NULL);
 }
 
 int
@@ -399,8 +456,19 @@ bas_fd_gather(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_li
 		uint64_t n, uint8_t *out, int threads)
 {
 	struct bas_job job = { FD_GATHER, NULL, fd_buffered, fd_direct, align, direct_limit,
-		offsets, lengths, uniform_len, out };
-	return run_job(&job, n, threads);
+		offsets, lengths, uniform_len, out, 0 };
+	return run_job(&job, n, threads, NULL);
+}
+
+int
+bas_fd_gather_cached(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_limit,
+		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
+		uint64_t n, uint8_t *out, int threads, uint64_t *cached)
+{
+	struct bas_job job = { FD_GATHER, NULL, fd_buffered, fd_direct, align, direct_limit,
+		offsets, lengths, uniform_len, out, 1 };
+	*cached = 0;
+	return run_job(&job, n, threads, cached);
 }
 
 int
@@ -409,8 +477,8 @@ bas_fd_scatter(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_l
 		uint64_t n, const uint8_t *src, int threads)
 {
 	struct bas_job job = { FD_SCATTER, NULL, fd_buffered, fd_direct, align, direct_limit,
-		offsets, lengths, uniform_len, (uint8_t *)src };
-	return run_job(&job, n, threads);
+		offsets, lengths, uniform_len, (uint8_t *)src, 0 };
+	return run_job(&job, n, threads, NULL);
 }
 
 int

@@ -31,6 +31,15 @@ int bas_fd_scatter(int fd_buffered, int fd_direct, uint64_t align, uint64_t dire
 		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
 		uint64_t n, const uint8_t *src, int threads);
 
+/*
+ * bas_fd_gather_cached -- bas_fd_gather that first takes, per request, the prefix the page
+ * cache holds (asked with mincore, read with pread on fd_buffered) and reads only the rest
+ * through fd_direct; *cached receives the bytes served from the cache.
+ */
+int bas_fd_gather_cached(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_limit,
+		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
+		uint64_t n, uint8_t *out, int threads, uint64_t *cached);
+
 /* bas_max_threads -- the most worker threads one call may start */
 int bas_max_threads(void);
 

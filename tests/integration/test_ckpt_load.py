@@ -29,7 +29,7 @@ def saved(tmp_path):
 def test_tensors_are_views_of_one_aligned_buffer(saved):
     sd, path = saved
     stats = ckpt.LoadStats()
-    out = ckpt.load(path, stats=stats)
+    out = ckpt.load(path, stats=stats, mmap=False)  # the reading path: one buffer
     index = ckpt.read_index(path)
     base = out["layer0.weight"].untyped_storage().data_ptr()
     assert base % 4096 == 0
@@ -76,7 +76,7 @@ def test_dropping_the_tensors_frees_the_one_buffer(saved, monkeypatch):
         return buf
 
     monkeypatch.setattr("ckpt.loader.allocate", tracked)
-    out = ckpt.load(saved[1])
+    out = ckpt.load(saved[1], mmap=False)
     assert len(made) == 1 and made[0]() is not None
     keep = out["norm"]
     del out
@@ -150,7 +150,7 @@ def test_threads_from_a_device_profile(saved):
             return 3
 
     stats = ckpt.LoadStats()
-    ckpt.load(path, profile=Profile(), stats=stats)
+    ckpt.load(path, profile=Profile(), stats=stats, mmap=False)
     assert stats.threads == 3
 
 

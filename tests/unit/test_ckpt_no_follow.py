@@ -49,8 +49,9 @@ def test_partition_swapped_before_load_is_refused(saved, swap):
         with open(part, "rb") as f, open(copy, "wb") as g:
             g.write(f.read())
         _link(part, copy)
-    with pytest.raises(ckpt.MissingPartitionError, match="not a regular file"):
-        ckpt.load(saved)
+    for mmap in (True, False):
+        with pytest.raises(ckpt.MissingPartitionError, match="not a regular file"):
+            ckpt.load(saved, mmap=mmap)
     with pytest.raises(ckpt.MissingPartitionError):
         ckpt.pack(saved, io.BytesIO())
 
@@ -64,7 +65,7 @@ def test_partition_swapped_for_fifo_between_check_and_open_never_hangs(saved, mo
 
     monkeypatch.setattr(source, "_fd_path", swap_then_path)
     with pytest.raises(ckpt.MissingPartitionError, match="not a regular file"):
-        ckpt.load(saved)
+        ckpt.load(saved, mmap=False)  # the reading path (the mapping path: the test above)
 
 
 @pytest.mark.parametrize("swap", ["fifo", "dev-zero"])
