@@ -1,7 +1,7 @@
 """ckpt: a loading-optimized checkpoint format and a loader at device speed (docs/FORMAT.md).
 
     ckpt.save(model.state_dict(), "model.ckpt")
-    tensors = ckpt.load("model.ckpt", "cpu")            # zero-copy views of one buffer
+    tensors = ckpt.load("model.ckpt", "cpu")            # zero-copy private mappings
     store = ckpt.Store([ckpt.DramTier(8 << 30), ckpt.DiskTier("/nvme/ckpt", 100 << 30)])
     ckpt.load_into(model_on_meta, "model.ckpt")         # assign, re-tie, buffers
 """
