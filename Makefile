@@ -42,9 +42,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Benchmark peers are not test dependencies: installed here only.
+# Benchmark peers are not test dependencies: installed here only, with --no-deps after the torch
+# pin of requirements.lock (a peer's own torch requirement must not replace it), then checked.
 bench: setup
-	$(PY) -m pip install -q -r requirements-bench.lock
+	$(PY) -m pip install -q --no-deps -r requirements-bench.lock
+	$(PY) -c "import duckdb, polars, pyarrow, tensorizer, fastsafetensors, runai_model_streamer"
 	$(PY) tools/bench --list
 
 clean:

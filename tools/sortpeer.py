@@ -1,14 +1,18 @@
 """Run one sort implementation once, in its own process, and print one JSON object.
 
-    python tools/sortpeer.py NAME INPUT OUTPUT BUDGET_BYTES THREADS TMPDIR
+    python tools/sortpeer.py NAME INPUT OUTPUT MEMORY THREADS TMPDIR
 
 Every implementation reads INPUT (records of 100 bytes), writes OUTPUT sorted, and the output
-is fdatasync'ed inside the timed region, so all of them pay the same durability. Run in a fresh
-process so peak RSS (ru_maxrss) belongs to this one run.
+is fdatasync'ed inside the timed region, so all of them pay the same durability. MEMORY is a
+byte count or "default": ours then gets no memory_budget (its default), GNU sort -S 1G and
+DuckDB a 1 GiB limit. Modules an implementation needs are imported before the clock
+(`import_seconds`); the harness's process_seconds covers them too. Run in a fresh process so
+peak RSS (ru_maxrss) belongs to this one run.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import resource
@@ -16,8 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-
-import numpy as np
 
 RECORD = 100
 
@@ -35,11 +37,16 @@ def _write(path: str, data) -> None:
         f.write(data)
 
 
-def wiscsort(inp, out, budget, threads, tmp, schedule="staged", algorithm="auto"):
+GNU_MEMORY = 1 << 30
+
+
+def wiscsort(inp, out, budget, threads, tmp, **tuned):
+    """Ours as a user calls it: sort(input, output) plus only what a tuned row names."""
     from bas.sort import sort
 
-    report = sort(inp, out, memory_budget=budget, threads=threads, schedule=schedule,
-                  algorithm=algorithm, scratch=tmp)
+    if budget is not None:
+        tuned["memory_budget"] = budget
+    report = sort(inp, out, **tuned)
     return {"algorithm": report.algorithm, "bytes_written_total":
             sum(report.bytes_written.values()),
             "phases": {p.name: round(p.seconds, 4) for p in report.phases}}
@@ -47,13 +54,15 @@ def wiscsort(inp, out, budget, threads, tmp, schedule="staged", algorithm="auto"
 
 def gnu_sort(inp, out, budget, threads, tmp):
     env = dict(os.environ, LC_ALL="C")
-    subprocess.run(["sort", f"--parallel={threads}", "-S", f"{budget // 1024}K", "-T", tmp,
+    memory = budget or GNU_MEMORY
+    subprocess.run(["sort", f"--parallel={threads}", "-S", f"{memory // 1024}K", "-T", tmp,
                     "-o", out, inp], check=True, env=env)
     _sync(out)
     return {}
 
 
 def _arrow_records(inp):
+    import numpy as np
     import pyarrow as pa
 
     data = np.fromfile(inp, dtype=np.uint8)
@@ -64,6 +73,8 @@ def _arrow_records(inp):
 
 def _write_binary_column(column, out):
     """Write a binary column's values back to back, chunk by chunk (no 2 GiB concat limit)."""
+    import numpy as np
+
     with open(out, "wb") as f:
         for chunk in column.chunks:
             offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64 if "large" in
@@ -79,7 +90,7 @@ def duckdb_sort(inp, out, budget, threads, tmp):
 
     records = _arrow_records(inp)  # noqa: F841  (DuckDB scans the local Arrow table by name)
     # DuckDB's own floor is about 100 MB; below it, it cannot run at all
-    limit = max(budget, 128 << 20) // 2**20
+    limit = max(budget or GNU_MEMORY, 128 << 20) // 2**20
     con = duckdb.connect(config={"threads": threads, "memory_limit": f"{limit}MB",
                                  "temp_directory": tmp})
     result = con.sql("SELECT r FROM records ORDER BY r").to_arrow_table()
@@ -96,6 +107,8 @@ def polars_sort(inp, out, budget, threads, tmp):
 
 
 def numpy_sort(inp, out, budget, threads, tmp):
+    import numpy as np
+
     data = np.fromfile(inp, dtype=np.uint8).reshape(-1, RECORD)
     keys = np.ascontiguousarray(data[:, :10]).view("S10").ravel()
     order = np.argsort(keys, kind="stable")
@@ -106,6 +119,8 @@ def numpy_sort(inp, out, budget, threads, tmp):
 
 def floor(inp, out, budget, threads, tmp):
     """The lower bound: read the input once and write it once (no sorting)."""
+    import numpy as np
+
     from bas import open_device
 
     with open_device(f"file://{inp}?read_only=1") as src, \
@@ -124,8 +139,8 @@ def floor(inp, out, budget, threads, tmp):
 
 IMPLS = {
     "wiscsort": wiscsort,
-    "wiscsort-piped": lambda *a: wiscsort(*a, schedule="piped"),
-    "wiscsort-mergesort": lambda *a: wiscsort(*a, algorithm="mergesort"),
+    "wiscsort-tuned-piped": lambda *a: wiscsort(*a, schedule="piped"),
+    "wiscsort-tuned-mergesort": lambda *a: wiscsort(*a, algorithm="mergesort"),
     "gnu-sort": gnu_sort,
     "duckdb": duckdb_sort,
     "polars": polars_sort,
@@ -135,9 +150,10 @@ IMPLS = {
 
 
 #: modules each implementation imports, loaded before the clock starts (start-up is not sorting)
-PRELOAD = {"wiscsort": ["bas.sort"], "wiscsort-piped": ["bas.sort"],
-           "wiscsort-mergesort": ["bas.sort"], "duckdb": ["duckdb", "pyarrow"],
-           "polars": ["polars", "pyarrow"], "floor": ["bas"]}
+PRELOAD = {"wiscsort": ["bas.sort"], "wiscsort-tuned-piped": ["bas.sort"],
+           "wiscsort-tuned-mergesort": ["bas.sort"], "duckdb": ["duckdb", "pyarrow", "numpy"],
+           "polars": ["polars", "pyarrow", "numpy"], "numpy": ["numpy"],
+           "floor": ["bas", "numpy"]}
 
 
 def _rss_anon(pid: str) -> int:
@@ -150,6 +166,15 @@ def _rss_anon(pid: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _vm_hwm() -> int:
+    """This process's own peak RSS (ru_maxrss can carry the spawning parent's across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _children(pid: str) -> list[str]:
@@ -185,14 +210,16 @@ class AnonSampler:
 
 
 def main() -> int:
-    name, inp, out, budget, threads, tmp = sys.argv[1:7]
+    name, inp, out, memory, threads, tmp = sys.argv[1:7]
+    budget = None if memory == "default" else int(memory)
     if os.path.exists(out):
         os.unlink(out)
+    t_import = time.perf_counter()
     for module in PRELOAD.get(name, []):
-        __import__(module)
+        importlib.import_module(module)
     sampler = AnonSampler()
     t0 = time.perf_counter()
-    extra = IMPLS[name](inp, out, int(budget), int(threads), tmp)
+    extra = IMPLS[name](inp, out, budget, int(threads), tmp)
     seconds = time.perf_counter() - t0
     peak_anon = sampler.stop()
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -200,8 +227,9 @@ def main() -> int:
     # ru_oublock: 512-byte blocks this process and its children sent to file systems (temporary
     # files included), so a tool's run files count as well as its output
     io_written = (me.ru_oublock + kids.ru_oublock) * 512
-    print(json.dumps(dict(seconds=seconds, peak_rss=max(me.ru_maxrss, kids.ru_maxrss) * 1024,
-                          peak_anon=peak_anon, io_bytes_written=io_written, **extra)))
+    print(json.dumps(dict(seconds=seconds, setup_seconds=0.0, import_seconds=t0 - t_import,
+                          peak_rss=max(_vm_hwm(), kids.ru_maxrss * 1024), peak_anon=peak_anon,
+                          io_bytes_written=io_written, **extra)))
     return 0
 
 
