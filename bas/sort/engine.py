@@ -15,6 +15,7 @@ import tempfile
 from bas import open_device
 from bas.device import Device
 from bas.errors import DeviceIOError
+from bas.memory import MemoryInfo
 from bas.registry import DeviceURL, parse_size
 from bas.sort.passes import Job, kv_in_memory
 from bas.sort.plan import make_plan
@@ -31,11 +32,13 @@ SCHEDULES = ("staged", "piped", "rsw")
 def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offset: int = 0,
          memory_budget: int | str = "1G", threads: int | dict | None = None,
          algorithm: str = "auto", schedule: str = "staged", profile=None, scratch=None,
-         progress=None) -> SortReport:
+         progress=None, memory: MemoryInfo | None = None) -> SortReport:
     """Sort fixed-size records by the bytes [key_offset, key_offset + key_size) (memcmp order).
 
     input/output: a Device, a device URL or a path. A path output is created atomically.
-    memory_budget: bytes (or "512M") for the engine's buffers.
+    memory_budget: bytes (or "512M") for the engine's buffers (key index, runs being formed,
+      merge, gather and write buffers); not the page cache, not the interpreter. A budget
+      past 90 % of the memory available (cgroup limits count) is cut to that.
     threads: one int for every phase, a dict {"read", "write", "sort"}, or None for the
       profile's best read/write counts (the CPU count without a profile).
     algorithm: "auto", "kv" (key index in memory), "kv-external" (runs of entries),
@@ -45,6 +48,8 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
     profile: a bas.profile.Profile (measured or preset) to size thread pools from.
     scratch: a directory for runs, or a callable(size) -> Device (e.g. emulated devices).
     progress: callable(phase_name, done, total).
+    memory: the memory facts to plan with (bas.memory.MemoryInfo); None reads this process's
+      cgroup limits, available memory and the input's page-cache residency.
     Returns a SortReport. Raises ValueError for bad arguments, DeviceIOError for I/O errors.
     """
     if schedule not in SCHEDULES:
@@ -64,13 +69,14 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
 
             profile = Profile.from_preset(src.preset)
         plan = make_plan(src, n, record_size, key_size, budget, threads, algorithm, profile,
-                         schedule)
+                         schedule, memory)
         dst, publish, own_dst = _open_output(output, src)
         report = SortReport(plan.algorithm, plan.reason, schedule, n, record_size, key_size,
-                            key_offset, budget,
+                            key_offset, plan.budget,
                             threads={"read": plan.read_threads, "write": plan.write_threads,
                                      "gather": plan.gather_threads,
-                                     "sort": plan.sort_threads})
+                                     "sort": plan.sort_threads},
+                            memory=plan.memory.to_dict() if plan.memory else {})
         tracker = Tracker(report, [src] + ([dst] if dst is not src else []))
         job = Job(src, dst, n, record_size, key_size, key_offset, plan, schedule, tracker,
                   _scratch_factory(scratch, output), progress)

@@ -60,6 +60,8 @@ class Job:
         self.track.release(buf.nbytes)
 
     def tick(self, name: str, done: int, total: int) -> None:
+        """Report progress. Called between batches, where no lock or device call is in
+        flight, so the callback may raise to stop the sort (the CLI does on SIGTERM)."""
         if self.progress is not None:
             self.progress(name, done, total)
 
@@ -114,10 +116,11 @@ def _seq_write(job: Job, dev: Device, offset: int, data: np.ndarray, threads: in
 
 # -- entries -----------------------------------------------------------------------------
 
-def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads: int) -> None:
+def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads: int,
+                  tick: Callable | None = None) -> None:
     """Entries for records [start, start + count): strided key reads where bytes are cheap
     to address (BRAID's B, or a page-cached file read through its mapping), whole records
-    read sequentially elsewhere."""
+    read sequentially elsewhere. tick(done) follows each batch."""
     R, K = job.record_size, job.key_size
     if job.plan.strided_keys:
         batch = max(1, min(KEY_BATCH, job.plan.staging_bytes // K))
@@ -130,6 +133,8 @@ def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads
             job.track.read(job.src, m * K)
             native.entries_from_keys(keys, m, K, start + i,
                                      entries[i * job.entry_size:], threads)
+            if tick is not None:
+                tick(i + m)
         job.free(keys)
         return
     chunk = max(1, min(count, job.plan.staging_bytes // R))
@@ -139,6 +144,8 @@ def _read_entries(job: Job, start: int, count: int, entries: np.ndarray, threads
         _seq_read(job, job.src, (start + i) * R, records[:m * R], threads)
         native.extract_entries(records, m, R, job.key_offset, K, start + i,
                                entries[i * job.entry_size:], threads)
+        if tick is not None:
+            tick(i + m)
     job.free(records)
 
 
@@ -227,10 +234,11 @@ class SeqWriter:
 
 
 def _emit_sorted_entries(job: Job, writer: SeqWriter, entries: np.ndarray, count: int,
-                         buffers: deque) -> None:
+                         buffers: deque, tick: Callable | None = None) -> None:
     """Gather the records of `count` sorted entries in batches and hand them to the writer.
 
     buffers rotate across calls, so a piped writer never has its buffer refilled under it.
+    tick(done) follows each batch.
     """
     G, E, R = job.plan.gather_records, job.entry_size, job.record_size
     for i in range(0, count, G):
@@ -240,6 +248,8 @@ def _emit_sorted_entries(job: Job, writer: SeqWriter, entries: np.ndarray, count
         with job.track.phase("gather", "read", job.plan.gather_threads, m * R):
             _gather(job, entries[i * E:(i + m) * E], m, out)
         writer.write(out[:m * R])
+        if tick is not None:
+            tick(i + m)
 
 
 # -- the algorithms ----------------------------------------------------------------------
@@ -249,8 +259,8 @@ def kv_in_memory(job: Job) -> None:
     n, E = job.n, job.entry_size
     entries = job.buffer(n * E)
     with job.track.phase("read-keys", "read", job.plan.read_threads):
-        _read_entries(job, 0, n, entries, job.plan.read_threads)
-    job.tick("read-keys", n, n)
+        _read_entries(job, 0, n, entries, job.plan.read_threads,
+                      lambda done: job.tick("read-keys", done, n))
     with job.track.phase("sort", "cpu", job.plan.sort_threads, n * E):
         _sort_entries(job, entries, n, job.plan.sort_threads)
     _write_from_entries(job, entries, n)
@@ -264,12 +274,12 @@ def _write_from_entries(job: Job, entries: np.ndarray, n: int) -> None:
     writer = SeqWriter(job, piped)
     with job.overlap(job.src, job.dst) if piped else ExitStack():
         try:
-            _emit_sorted_entries(job, writer, entries, n, buffers)
+            _emit_sorted_entries(job, writer, entries, n, buffers,
+                                 lambda done: job.tick("write-output", done, n))
         finally:
             writer.close()
     for b in buffers:
         job.free(b)
-    job.tick("write-output", n, n)
 
 
 def parallel_chunks(job: Job, chunks: list, work: Callable) -> None:

@@ -38,6 +38,7 @@ class SortReport:
     key_offset: int
     memory_budget: int
     threads: dict = field(default_factory=dict)  # {"read": r, "write": w, "sort": s}
+    memory: dict = field(default_factory=dict)  # the MemoryInfo the plan rested on
     phases: list[Phase] = field(default_factory=list)
     bytes_read: dict = field(default_factory=dict)  # device URL -> bytes
     bytes_written: dict = field(default_factory=dict)

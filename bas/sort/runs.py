@@ -83,6 +83,7 @@ def form_record_runs(job: Job) -> tuple[Device, list[Run]]:
         with job.track.phase("write-output", "write", job.plan.write_threads, job.n * R):
             _seq_write(job, job.dst, 0, ordered, job.plan.write_threads)
         job.free(ordered)
+        job.tick("write-output", job.n, job.n)
         return None, []
 
     def one(chunk, slot, threads):
@@ -151,6 +152,7 @@ def _form_piped(job: Job, chunks, dev: Device, item: int, read) -> None:
                 (start, m), buf = got
                 _sort_entries(job, buf, m, job.plan.sort_threads)
                 writer.write(buf)
+                job.tick("form-runs", start + m, job.n)
         finally:
             stop.set()
             while t.is_alive() or not filled.empty():  # unblock a reader waiting to put
@@ -181,8 +183,8 @@ def _run_buffer_items(available: int, k: int, item: int) -> int:
 
 
 def _merge(job: Job, dev: Device, runs: list[Run], item: int, cmp_offset: int, cmp_len: int,
-           available: int, out_items: int, out_buffers: int, sink) -> None:
-    """Merge `runs` of `dev` and feed sink(buffer, items) in order."""
+           available: int, out_items: int, out_buffers: int, sink, tick) -> None:
+    """Merge `runs` of `dev` and feed sink(buffer, items) in order; tick(done) after each."""
     k = len(runs)
     per_run = _run_buffer_items(available, k, item)
     merger = native.Merger(k, item, cmp_offset, cmp_len)
@@ -214,6 +216,7 @@ def _merge(job: Job, dev: Device, runs: list[Run], item: int, cmp_offset: int, c
         if filled and (filled == out_items or done == total):
             sink(out, filled)
             filled, which = 0, (which + 1) % out_buffers
+            tick(done)
     for b in bufs + outs:
         job.free(b)
 
@@ -241,7 +244,8 @@ def _merge_passes(job: Job, dev: Device, runs: list[Run], item: int, cmp_offset:
                 pos += m * item
 
             _merge(job, dev, group, item, cmp_offset, cmp_len, merge_available, out_items, 1,
-                   sink)
+                   sink, lambda done, _base=start // item: job.tick("merge-pass", _base + done,
+                                                                    job.n))
             new_runs.append((start, sum(c for _, c in group)))
         job.drop_scratch(dev)
         dev, runs = new_dev, new_runs
@@ -253,7 +257,10 @@ def merge_entry_runs(job: Job, dev: Device, runs: list[Run]) -> None:
     E, R = job.entry_size, job.record_size
     G = job.plan.gather_records
     piped = job.schedule != "staged"
-    reserve = G * E + (2 if piped else 1) * G * R
+    # entries of one batch, its gather buffers, and where random reads are dear the staging
+    # that reads a batch in address order
+    record_buffers = (2 if piped else 1) + (0 if job.plan.random_reads_cheap else 1)
+    reserve = G * E + record_buffers * G * R
     job.track.report.runs = len(runs)
     dev, runs = _merge_passes(job, dev, runs, E, 0, E, reserve)
     job.track.report.merge_passes += 1
@@ -262,7 +269,8 @@ def merge_entry_runs(job: Job, dev: Device, runs: list[Run]) -> None:
     with job.overlap(job.src, job.dst, dev) if piped else ExitStack():
         try:
             _merge(job, dev, runs, E, 0, E, job.plan.budget - reserve, G, 1,
-                   lambda buf, m: _emit_sorted_entries(job, writer, buf, m, gathers))
+                   lambda buf, m: _emit_sorted_entries(job, writer, buf, m, gathers),
+                   lambda done: job.tick("write-output", done, job.n))
         finally:
             writer.close()
     for b in gathers:
@@ -284,7 +292,8 @@ def merge_record_runs(job: Job, dev: Device | None, runs: list[Run]) -> None:
     with job.overlap(job.dst, dev) if piped else ExitStack():
         try:
             _merge(job, dev, runs, R, job.key_offset, job.key_size, job.plan.budget - reserve,
-                   G, 2 if piped else 1, lambda buf, m: writer.write(buf[:m * R]))
+                   G, 2 if piped else 1, lambda buf, m: writer.write(buf[:m * R]),
+                   lambda done: job.tick("write-output", done, job.n))
         finally:
             writer.close()
 
