@@ -27,7 +27,7 @@ import torch
 from ckpt.disk import check_name
 from ckpt.format import Index
 from ckpt.loader import as_tensor
-from ckpt.pool import HostPool
+from ckpt.pool import HostPool, accelerator_present
 from ckpt.tensors import views
 
 __all__ = ["PATH_KEY", "TENSOR_SECONDS", "DramTier", "check_key"]
@@ -58,7 +58,8 @@ class DramTier:
     """Host-memory cache of loaded checkpoints holding at most `capacity` bytes.
 
     pool: the HostPool that loads borrow their buffers from (buffers of evicted entries go
-    back to it once no tensor views them). copy_bandwidth: bytes/s of the copy to a
+    back to it once no tensor views them); by default a pinned one of `capacity` bytes where
+    an accelerator exists, none otherwise. copy_bandwidth: bytes/s of the copy to a
     non-CPU device, for estimates.
     """
 
@@ -70,6 +71,8 @@ class DramTier:
             raise ValueError(f"capacity must not be negative, got {capacity}")
         self.name = name
         self.capacity = capacity
+        if pool is None and accelerator_present():
+            pool = HostPool(capacity)  # pinned: hits reach the GPU at full, async speed
         self.pool = pool
         self.copy_bandwidth = copy_bandwidth
         self._lock = threading.RLock()
@@ -256,8 +259,11 @@ def held_bytes(buf: np.ndarray) -> int:
 
 
 def _tensors(index: Index, lease: np.ndarray, device) -> dict[str, torch.Tensor]:
-    flat = as_tensor(lease)  # the storage holds the lease: the pin lives as long as a tensor
     dev = torch.device(device)
     if dev.type != "cpu":
-        flat = flat.to(dev)  # the lease ends with the host tensor: the copy needs no pin
-    return views(index, flat)
+        from ckpt.cuda import host_to_cuda
+
+        # pinned when the tier's pool is (the default with an accelerator): a full-speed
+        # copy on a side stream; the lease ends once it returns, the copy being done
+        return views(index, host_to_cuda(lease, dev))
+    return views(index, as_tensor(lease))  # the storage holds the lease while a tensor lives

@@ -1,7 +1,7 @@
 """Load a checkpoint into tensors that are zero-copy views of one aligned buffer.
 
     tensors = ckpt.load("model.ckpt")                     # CPU, O_DIRECT, CRCs checked
-    tensors = ckpt.load("model.ckpt", "cuda:0", pool=p)   # disk -> pinned staging -> GPU
+    tensors = ckpt.load("model.ckpt", "cuda:0")           # disk -> pinned staging -> GPU
 
 Buffer ownership: all partitions are read back to back into ONE buffer (a page-aligned
 anonymous mapping, or a buffer borrowed from a HostPool); torch wraps it in one storage and
@@ -22,6 +22,7 @@ import torch
 
 from bas import DeviceError
 from ckpt.crc import crc32
+from ckpt.cuda import check_cuda, host_to_cuda, read_to_cuda
 from ckpt.errors import CheckpointIOError, ChecksumError, PartitionSizeError
 from ckpt.format import BLOCK, HEADER_SIZE, Index, align_up, decode_header
 from ckpt.pool import HostPool, allocate
@@ -56,14 +57,16 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
 
     threads: reader threads (default: profile.best_threads, else the CPU count).
     verify: check every chunk's CRC-32 (default on). progress(done_bytes, total_bytes) is
-    called from reader threads, serialised. pool: borrow the host buffer (CPU) or the pinned
-    staging buffers (CUDA) from it. stats: filled with bytes, threads and times. direct:
+    called from reader threads, serialised; on CUDA it counts bytes whose copy has ended.
+    pool: borrow the host buffer (CPU) from it; CUDA loads stage through the process's own
+    bounded pinned slots (ckpt/cuda.py). stats: filled with bytes, threads and times. direct:
     None (default) takes each chunk from the page cache when it is there and reads the rest
     with O_DIRECT; True always O_DIRECT, False always the page cache (see open_source).
     profile: a bas.profile.Profile of the disk.
     """
     start = time.perf_counter()
-    cpu = torch.device(device).type == "cpu"
+    device = check_cuda(device)  # a CUDA request without CUDA fails before anything is read
+    cpu = device.type == "cpu"
     if mmap and (pool is not None or not cpu or direct is not None):
         raise ValueError("load: mmap=True gives CPU tensors backed by the files; it takes no "
                          "pool, direct= or other device")
@@ -94,15 +97,13 @@ def load_from(source: Source, device: str | torch.device = "cpu", *,
     """Load from an open Source (devices already open: a DRAM tier, a file, a PMem pool)."""
     start = time.perf_counter()
     index = source.index
-    dev = torch.device(device)
+    dev = check_cuda(device)
     threads = threads or default_threads(source, profile)
     verify = True if verify is None else bool(verify)
     tracker = Progress(progress, index.total_bytes)
     if stats is not None:
         stats.direct = source.direct
     if dev.type == "cuda":
-        from ckpt.cuda import read_to_cuda
-
         flat = read_to_cuda(source, dev, threads=threads, verify=verify, progress=tracker,
                             stats=stats, pool=pool)
     elif dev.type == "cpu":
@@ -154,12 +155,10 @@ def load_stream(stream, device: str | torch.device = "cpu", *, verify: bool | No
     more than max_bytes of data (when given) is refused before anything is allocated.
     """
     start = time.perf_counter()
+    dev = check_cuda(device)  # before the stream is read
     index, buf = read_packed(stream, verify=verify, progress=progress, pool=pool, stats=stats,
                              max_bytes=max_bytes)
-    flat = as_tensor(buf)
-    dev = torch.device(device)
-    if dev.type != "cpu":
-        flat = flat.to(dev)
+    flat = host_to_cuda(buf, dev) if dev.type != "cpu" else as_tensor(buf)
     tensors = views(index, flat)
     if stats is not None:
         stats.seconds = time.perf_counter() - start

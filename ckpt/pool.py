@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SLAB", "HostPool", "PoolStats", "allocate"]
+__all__ = ["SLAB", "HostPool", "PoolStats", "accelerator_present", "allocate",
+           "huge_pages_pay"]
 
 SLAB = 2 << 20  # size granule: one transparent huge page
 
@@ -34,6 +35,7 @@ class PoolStats:
     hits: int = 0  # requests served by an idle buffer
     misses: int = 0  # requests that made a new buffer
     overflows: int = 0  # requests served outside the pool (would exceed capacity)
+    pin_refused: int = 0  # buffers CUDA would not page-lock (left pageable)
 
 
 class _Slab:
@@ -145,6 +147,9 @@ class HostPool:
         slab = _Slab(size, self._populate)
         if self.pin:
             slab.pinned = _pin(slab)
+            if not slab.pinned:
+                with self._lock:
+                    self._stats.pin_refused += 1
         return slab
 
     def _release(self, slab: _Slab) -> None:
@@ -225,6 +230,11 @@ def _free(slab: _Slab) -> None:
         pass  # a dying array still exports it: the mapping goes when that export does
 
 
+def accelerator_present() -> bool:
+    """Whether torch sees a CUDA device (torch need not be imported before)."""
+    return _accelerator_present()
+
+
 def _accelerator_present() -> bool:
     try:
         import torch
@@ -234,16 +244,52 @@ def _accelerator_present() -> bool:
 
 
 def _pin(slab: _Slab) -> bool:
-    """Page-lock the slab for DMA; False (left pageable) when CUDA refuses."""
+    """Page-lock the slab for DMA; False (left pageable, and counted) when CUDA refuses.
+
+    A refused registration leaves CUDA's last error set for this thread, and the next kernel
+    launch would report it as its own failure: it is cleared here.
+    """
     import torch
 
-    return int(torch.cuda.cudart().cudaHostRegister(_address(slab), slab.size, 0)) == 0
+    ok = int(torch.cuda.cudart().cudaHostRegister(_address(slab), slab.size, 0)) == 0
+    if not ok:
+        _clear_cuda_error()
+    return ok
 
 
 def _unpin(slab: _Slab) -> None:
     import torch
 
-    torch.cuda.cudart().cudaHostUnregister(_address(slab))
+    if int(torch.cuda.cudart().cudaHostUnregister(_address(slab))) != 0:
+        _clear_cuda_error()
+
+
+def _clear_cuda_error() -> None:
+    """cudaGetLastError(): read and reset the calling thread's sticky-free last error."""
+    import ctypes
+    import glob
+    import os
+
+    import torch
+
+    fn = getattr(torch.cuda.cudart(), "cudaGetLastError", None)
+    if fn is not None:
+        fn()
+        return
+    lib_dirs = [os.path.join(os.path.dirname(torch.__file__), "lib")]
+    try:
+        import nvidia.cuda_runtime as runtime  # the CUDA wheels ship libcudart here
+
+        lib_dirs += [os.path.join(p, "lib") for p in runtime.__path__]
+    except ImportError:
+        pass
+    for d in lib_dirs:
+        for path in sorted(glob.glob(os.path.join(d, "libcudart.so*"))):
+            try:
+                ctypes.CDLL(path).cudaGetLastError()
+                return
+            except (OSError, AttributeError):
+                continue
 
 
 def _address(slab: _Slab) -> int:

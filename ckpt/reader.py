@@ -34,6 +34,8 @@ class LoadStats:
     direct: bool = False  # every partition was opened for O_DIRECT
     cached_bytes: int = 0  # of bytes_read, those taken from the page cache (direct=None)
     mapped: bool = False  # tensors are views of private file mappings (ckpt.mapped)
+    staging_pinned: bool = True  # CUDA loads: the host staging was page-locked
+    staging_note: str = ""  # why it was not, when it was not
     verified: bool = False  # every chunk's CRC-32 was checked
     read_seconds: float = 0.0  # reading (and verifying, and copying to the device)
     seconds: float = 0.0  # the whole load, index to tensors
@@ -166,8 +168,15 @@ def run_parallel(tasks: list, work: Callable, threads: int,
                 for i in range(n)]
         for t in pool:
             t.start()
-        for t in pool:
-            t.join()
+        try:
+            for t in pool:
+                t.join()
+        except BaseException as exc:  # Ctrl-C while waiting: stop the workers, then raise,
+            with lock:                # so no worker writes into a buffer the caller frees
+                errors.append(exc)
+            for t in pool:
+                t.join()
+            raise
     if errors:
         raise errors[0]
     return n

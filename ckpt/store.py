@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ckpt.cuda import check_cuda, host_to_cuda
 from ckpt.disk import DiskTier, check_name, checkpoint_bytes, disk_bytes
 from ckpt.dram import PATH_KEY, DramTier
 from ckpt.errors import CheckpointError, NotACheckpointError, SchemaError
@@ -115,6 +116,7 @@ class Store:
         of the cached buffer (a hit reads no bytes and costs O(number of tensors)).
         """
         start = time.perf_counter()
+        device = check_cuda(device)  # before anything is read or cached
         target = _target(model)
         hit = self._hit(target.key, device, start)
         if hit is not None:
@@ -131,9 +133,7 @@ class Store:
                 if tensors is not None:
                     promoted.append(self.dram.name)
             if tensors is None:
-                flat = as_tensor(buf)
-                if torch.device(device).type != "cpu":
-                    flat = flat.to(device)
+                flat = host_to_cuda(buf, device) if device.type != "cpu" else as_tensor(buf)
                 tensors = views(index, flat)
         return Loaded(tensors, tier, target.key, index.total_bytes,
                       time.perf_counter() - start, stats, promoted)

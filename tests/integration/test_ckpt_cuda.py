@@ -37,9 +37,10 @@ def test_load_to_cuda_with_a_pinned_pool(saved):
     sd, path = saved
     pool = ckpt.HostPool(64 << 20)
     assert pool.pin
-    out = ckpt.load(path, "cuda", pool=pool)
+    stats = ckpt.LoadStats()
+    out = ckpt.load(path, "cuda", pool=pool, stats=stats)
     assert all(torch.equal(out[k].cpu(), sd[k]) for k in sd)
-    assert pool.stats.misses >= 1
+    assert stats.staging_pinned  # the process's own bounded staging, not the pool's
 
 
 def test_corrupted_chunk_is_caught_before_the_gpu(saved):
