@@ -83,6 +83,18 @@ def _limit(ctx, data, expected, dev):
     return run, []
 
 
+def _limit_pageable(ctx, data, expected, dev):
+    nbytes = expected["bytes"]
+    src = torch.full((nbytes,), 7, dtype=torch.uint8)  # ordinary (pageable) memory
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+
+    def run():
+        dst.copy_(src)
+        return None
+
+    return run, []
+
+
 def _dram(ctx, data, expected, dev):
     import ckpt
 
@@ -141,7 +153,11 @@ def _safetensors(ctx, data, expected, dev):
 
 WORKLOADS = {
     "gpu-limit-h2d-pinned": (_limit, "limit: one copy of the model's bytes from pinned memory"),
+    "gpu-limit-h2d-pageable": (_limit_pageable,
+                               "limit: one copy of the model's bytes from pageable memory"),
     "gpu-ckpt-load": (_load, "ours: ckpt.load(path, 'cuda'), defaults"),
+    "gpu-ckpt-load-cold": (_load, "ours: ckpt.load(path, 'cuda'), defaults, page cache "
+                                  "evicted before every run"),
     "gpu-ckpt-load-tuned-pool": (_disk, "ours, tuned: ckpt.load to CUDA, pinned HostPool staging"),
     "gpu-ckpt-tuned-dram-hit": (_dram, "ours, tuned: Store DRAM-tier hit to CUDA (pinned cache)"),
     "gpu-peer-safetensors": (_safetensors, "peer: safetensors.torch.load_file(device='cuda')"),
@@ -151,6 +167,7 @@ TUNED = {"gpu-ckpt-load-tuned-pool": "pool: a pinned HostPool made before the cl
          "gpu-ckpt-tuned-dram-hit": "Store with a pinned DRAM tier filled by one load before "
                                     "the clock; the run is a hit"}
 LIMIT = "gpu-limit-h2d-pinned"
+ALWAYS_COLD = {"gpu-ckpt-load-cold"}  # so one gpu-check shows disk-to-GPU cold and warm
 
 
 def runs(name: str, ctx: Context):
@@ -163,7 +180,7 @@ def runs(name: str, ctx: Context):
     run, files = WORKLOADS[name][0](ctx, data, expected, dev)
     setup = time.perf_counter() - t0
     for i in range(ctx.repeat + 1):  # run 0 warms up, untimed
-        for path in files if ctx.cold else []:
+        for path in files if ctx.cold or name in ALWAYS_COLD else []:
             evict(path)
         torch.cuda.synchronize(dev)
         start = time.perf_counter()
@@ -177,7 +194,8 @@ def runs(name: str, ctx: Context):
                        role=WORKLOADS[name][1].split(":")[0].split(",")[0],
                        tuned=TUNED.get(name), setup_seconds=setup,
                        is_pmem=False, size=ctx.size, tensors=expected["tensors"],
-                       threads=ctx.threads, cold=ctx.cold, bytes=expected["bytes"],
+                       threads=ctx.threads, cold=ctx.cold or name in ALWAYS_COLD,
+                       bytes=expected["bytes"],
                        bytes_written=0, seconds=seconds, valid=valid)
 
 
