@@ -15,7 +15,7 @@ from ckpt.errors import (
     ShapeError,
     UnsupportedDtypeError,
 )
-from ckpt.format import (
+from ckpt.schema import (
     BLOCK,
     DTYPES,
     INDEX_FILE,
@@ -28,7 +28,7 @@ from ckpt.format import (
     MIN_CHUNK_SIZE,
     PARTITION_NAME,
     VERSION,
-    Index,
+    IndexFields,
     Partition,
     TensorEntry,
     align_up,
@@ -41,7 +41,7 @@ _PART = {"file", "size", "crc32"}
 _TENSOR = {"name", "dtype", "shape", "partition", "offset", "length"}
 
 
-def index_from_json(doc, minor: int, source: str) -> Index:
+def index_from_json(doc, minor: int, source: str) -> IndexFields:
     """An Index from the parsed JSON document; rejects missing, unknown or mistyped fields.
 
     Only the JSON shape (objects, arrays, keys) is checked here; every value is checked by
@@ -64,20 +64,20 @@ def index_from_json(doc, minor: int, source: str) -> Index:
     for key in ("aliases", "metadata"):
         if not isinstance(doc[key], dict):
             raise SchemaError(f"{source}: {key} must be a JSON object")
-    index = Index(doc["alignment"], doc["chunk_size"], tuple(parts), tuple(tensors),
-                  doc["aliases"], doc["metadata"])
+    index = IndexFields(doc["alignment"], doc["chunk_size"], tuple(parts), tuple(tensors),
+                        doc["aliases"], doc["metadata"])
     check_index(index, source)
     return index
 
 
-def check_index(index: Index, source: str = "index") -> None:
+def check_index(index: IndexFields, source: str = "index") -> None:
     """Raise a FormatError subclass unless the index obeys every MUST rule of the format.
 
     The one validator: the writer runs it before anything is published and the reader after
     parsing, so the writer accepts exactly what the reader accepts (types included: a float
     in the metadata or a 65-dimension shape is refused before a save touches the old version).
     """
-    if not isinstance(index, Index):
+    if not isinstance(index, IndexFields):
         raise SchemaError(f"{source}: not an Index but a {type(index).__name__}")
     a = _int(index.alignment, "alignment", source)
     chunk = _int(index.chunk_size, "chunk_size", source)
@@ -176,7 +176,7 @@ def _check_partition_fields(p: Partition, what: str, source: str) -> None:
         _int(c, f"{what} crc32", source)
 
 
-def _check_partitions(index: Index, source: str) -> None:
+def _check_partitions(index: IndexFields, source: str) -> None:
     seen = set()
     for i, p in enumerate(index.partitions):
         what = f"{source}: partition {i}"
