@@ -17,7 +17,7 @@ from bas.errors import (
     ReadOnlyError,
     UnsupportedError,
 )
-from bas.registry import BACKENDS, open_device, parse_size
+from bas.registry import BACKENDS, open_device, parse_size, register_device
 
 __all__ = [
     "BACKENDS",
@@ -40,4 +40,5 @@ __all__ = [
     "crc32",
     "open_device",
     "parse_size",
+    "register_device",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import operator
 import threading
+from abc import ABC, abstractmethod
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -61,8 +62,12 @@ class Requests:
         return np.full(self.offsets.size, self.uniform, dtype=np.uint64)
 
 
-class Device:
-    """A byte-addressed device of fixed size. Open one with `bas.open_device(url)`."""
+class Device(ABC):
+    """A byte-addressed device of fixed size. Open one with `bas.open_device(url)`.
+
+    A backend subclasses Device, implements the abstract primitives (and open_url), and is
+    found through bas.registry (one line there, or register_device for third parties).
+    """
 
     scheme: str = ""
     #: survives power loss once persist() returns
@@ -236,24 +241,42 @@ class Device:
             self._write(off, data[pos:pos + length])
             pos += length
 
-    # -- primitives ---------------------------------------------------------------------
+    # -- primitives: what a backend implements (arguments already checked) --------------
 
+    @abstractmethod
     def _size(self) -> int:
-        raise NotImplementedError
+        """Bytes addressable, fixed for the device's life."""
 
+    @abstractmethod
     def _read_into(self, offset: int, view: memoryview) -> None:
-        raise NotImplementedError
+        """Fill the writable byte view with the bytes at offset (in bounds, aligned)."""
 
+    @abstractmethod
     def _write(self, offset: int, view: memoryview) -> None:
-        raise NotImplementedError
+        """Store the byte view at offset; durable only after a later _persist()."""
 
+    @abstractmethod
     def _persist(self) -> None:
-        raise NotImplementedError
+        """Make every write that has returned durable (a no-op on a volatile device)."""
 
+    @abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """Release the backend's resources; called once, with no call in flight."""
 
-    def _drop_caches(self) -> None:
+    @classmethod
+    def open_url(cls, url) -> Device:
+        """The device a parsed URL names (bas.registry.DeviceURL): take every option with
+        url.take_*, call url.finish() so unknown options are refused, then construct.
+
+        open_device calls this for the URL's scheme (bas.registry.BACKENDS or
+        register_device). Raises InvalidURLError for a bad URL; a backend that is not opened
+        by URL (a wrapper built in code) keeps this default, which refuses.
+        """
+        from bas.errors import InvalidURLError
+
+        raise InvalidURLError(f"{url.text}: {cls.__name__} is not opened by URL")
+
+    def _drop_caches(self) -> None:  # noqa: B027 - optional: most devices cache nothing
         """Nothing cached by default."""
 
     # -- checks shared by the public methods -------------------------------------------

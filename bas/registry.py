@@ -15,9 +15,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bas.errors import BackendUnavailableError, InvalidURLError
 
-__all__ = ["BACKENDS", "DeviceURL", "open_device", "parse_size"]
+__all__ = ["BACKENDS", "DeviceURL", "open_device", "parse_size", "register_device"]
 
-# scheme -> ("module:Class", install hint)
+# scheme -> ("module:Class" or a Device subclass, install hint); register_device adds to it
 BACKENDS: dict[str, tuple[str, str]] = {
     "dram": ("bas.dram:DramDevice", ""),
     "emu": ("bas.emu:EmuDevice", ""),
@@ -101,6 +101,34 @@ class DeviceURL:
                                   f"{self.scheme}://")
 
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\Z")
+
+
+def register_device(scheme: str, target, *, hint: str = "", replace: bool = False) -> None:
+    """Make open_device("SCHEME://...") open target: a Device subclass or "module:Class".
+
+    For third-party backends (bas's own are in BACKENDS). A module target is imported on
+    first use, with `hint` added to the error when that fails. Registering a scheme that is
+    taken raises ValueError unless replace=True.
+    """
+    if not isinstance(scheme, str) or not _SCHEME.match(scheme):
+        raise ValueError(f"scheme {scheme!r} must be lower-case letters, digits, '+', '-', '.'"
+                         f" starting with a letter")
+    if scheme in BACKENDS and not replace:
+        raise ValueError(f"scheme {scheme!r} is already registered ({BACKENDS[scheme][0]}); "
+                         f"pass replace=True to replace it")
+    if isinstance(target, str):
+        if target.count(":") != 1:
+            raise ValueError(f"target {target!r} must be 'module:Class'")
+    else:
+        from bas.device import Device
+
+        if not (isinstance(target, type) and issubclass(target, Device)):
+            raise TypeError(f"target must be a Device subclass or 'module:Class', got "
+                            f"{target!r}")
+    BACKENDS[scheme] = (target, hint)
+
+
 def backend_class(scheme: str):
     """Import and return the Device class for a scheme."""
     try:
@@ -108,6 +136,8 @@ def backend_class(scheme: str):
     except KeyError:
         raise InvalidURLError(f"unknown device scheme {scheme!r}; known: "
                               f"{', '.join(sorted(BACKENDS))}") from None
+    if not isinstance(target, str):
+        return target  # a class given to register_device
     module_name, class_name = target.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -197,6 +197,12 @@ class _EmptyOutput(Device):
     def _size(self) -> int:
         return 0
 
+    def _read_into(self, offset: int, view: memoryview) -> None:
+        pass  # never called: every request to a 0-byte device is empty or out of bounds
+
+    def _write(self, offset: int, view: memoryview) -> None:
+        pass  # never called, as above
+
     def _persist(self) -> None:
         pass
 
