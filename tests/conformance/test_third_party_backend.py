@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 import bas
-from bas import Device, open_device, register_device
-from bas import registry
+from bas import Device, open_device, register_device, registry
 from bas.testing import DeviceConformance
 
 
