@@ -1,6 +1,6 @@
 """bas: a storage-engine library for byte-addressable and other fast storage (BRAID devices)."""
 
-from bas._native import MAX_THREADS, crc32
+from bas._native import MAX_THREADS, crc32, prefault
 from bas.device import Device, Requests
 from bas.errors import (
     AlignmentError,
@@ -40,5 +40,6 @@ __all__ = [
     "crc32",
     "open_device",
     "parse_size",
+    "prefault",
     "register_device",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "fd_scatter",
     "mem_gather",
     "mem_scatter",
+    "prefault",
 ]
 
 MAX_THREADS: int = lib.bas_max_threads()
@@ -193,6 +194,24 @@ def fd_scatter(fd, fd_direct, align, direct_limit, offs, lens, uniform, total, s
                                 n, s, _check_threads(threads))
     if rc:
         _raise_errno(rc, "file write")
+
+
+def prefault(buf, offset: int = 0, length: int | None = None, threads: int = 1) -> None:
+    """Fault in the pages of [offset, offset+length) of a (mapped) buffer by reading one
+    byte of each, under the SIGBUS guard: a file that shrank under its mapping raises
+    OSError(EIO) here instead of killing the process at the next touch."""
+    total = memoryview(buf).nbytes
+    length = total - offset if length is None else length
+    if offset < 0 or length < 0 or offset + length > total:
+        raise ValueError(f"[{offset}, {offset + length}) is outside the buffer of {total}")
+    if not length:
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    first = offset - offset % page
+    offs = np.arange(first, offset + length, page, dtype=np.uint64)
+    offs[0] = offset  # the first byte asked for, on the first page
+    scratch = np.empty(offs.size, dtype=np.uint8)
+    mem_gather(buf, total, offs, None, 1, int(offs.size), scratch, threads)
 
 
 def crc32(data, crc: int = 0) -> int:

@@ -14,7 +14,8 @@ import mmap
 import os
 from dataclasses import asdict, dataclass
 
-__all__ = ["RESIDENCY_SAMPLES", "MemoryInfo", "cached_fraction", "cgroup_memory", "memory_info"]
+__all__ = ["RESIDENCY_SAMPLES", "MemoryInfo", "cached_fraction", "cgroup_memory", "memory_info",
+           "mincore_trusted"]
 
 #: pages probed to estimate how much of a file is in the page cache (spread over the file)
 RESIDENCY_SAMPLES = 1024
@@ -114,21 +115,37 @@ def cached_fraction(path: str, samples: int = RESIDENCY_SAMPLES) -> float | None
 
     Uses mincore(2) on a read-only mapping: nothing is read and no readahead starts (a
     preadv2(RWF_NOWAIT) probe starts readahead on a miss, loading what it measures). 1.0 for
-    an empty file; None when the file cannot be opened or mapped, or mincore is missing.
+    an empty file; None when the file cannot be opened or mapped, mincore is missing, or
+    its answer would be made up (see mincore_trusted).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
+        info = os.fstat(fd)
+        if info.st_size == 0:
             return 1.0
-        return _mincore_fraction(fd, size, max(1, samples))
+        if not mincore_trusted(fd, info):
+            return None
+        return _mincore_fraction(fd, info.st_size, max(1, samples))
     except (OSError, AttributeError):
         return None
     finally:
         os.close(fd)
+
+
+def mincore_trusted(fd: int, info: os.stat_result | None = None) -> bool:
+    """Whether mincore tells the truth about this file to this process.
+
+    Since Linux 5.0 it reports every page resident for a file the caller neither owns nor
+    may write (a side-channel fix), as root-owned model and data directories are to a
+    service user. The same rule in C: native/bas_io.c, resident_prefix.
+    """
+    info = info or os.fstat(fd)
+    if os.geteuid() in (0, info.st_uid):
+        return True
+    return os.access(f"/proc/self/fd/{fd}", os.W_OK)
 
 
 # -- cgroups -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -84,12 +85,30 @@ class _Staging:
         try:
             return torch.empty(SLOT, dtype=torch.uint8, pin_memory=True)
         except RuntimeError as exc:  # pinning refused (locked-memory limit): say so, go on
-            self.pinned = False
-            self.note = f"pinned staging refused ({exc}); copies are synchronous"
+            self.pinned = False  # for good: the pageable slot stays in the set
+            self.note = f"pinned staging refused ({exc}); those copies are synchronous"
             return torch.empty(SLOT, dtype=torch.uint8)
 
 
 _staging = _Staging()
+
+
+@contextmanager
+def _lent(stream, n: int):
+    """n staging slots for copies on stream, given back however the block ends.
+
+    A Ctrl-C can land anywhere, even while the copies out of the slots are being waited
+    for: the stream is then drained (again) before the slots go back, so no slot is lost and
+    no later load finds them still being read by the GPU.
+    """
+    slots = _staging.take(n)
+    try:
+        yield slots
+    finally:
+        try:
+            stream.synchronize()
+        finally:
+            _staging.give(slots)
 
 
 def read_to_cuda(source: Source, device: torch.device, *, threads: int, verify: bool,
@@ -111,16 +130,15 @@ def read_to_cuda(source: Source, device: torch.device, *, threads: int, verify: 
         with torch.cuda.device(device):
             stream = torch.cuda.Stream(device=device)
             stream.wait_event(ready)  # the caller's queued work on out's memory comes first
-            slots = _staging.take(2)
-            pipe = _Pipe(stream, slots, progress)
-            try:
-                while (chunk := take()) is not None:
-                    _stage_chunk(source, chunk, out, pipe, verify)
-            finally:
-                pipe.finish()  # every copy out of our slots is done: they can go back
-                _staging.give(slots)
-                with lock:
-                    done_events.append(pipe.last)
+            with _lent(stream, 2) as slots:
+                pipe = _Pipe(stream, slots, progress)
+                try:
+                    while (chunk := take()) is not None:
+                        _stage_chunk(source, chunk, out, pipe, verify)
+                finally:
+                    pipe.finish()  # every copy out of our slots is done: they can go back
+                    with lock:
+                        done_events.append(pipe.last)
 
     start = time.perf_counter()
     try:
@@ -227,16 +245,15 @@ def host_to_cuda(host, device: torch.device) -> torch.Tensor:
                     out[pos:end].copy_(src[pos:end], non_blocking=True)
             stream.synchronize()
         else:
-            slots = _staging.take(2)
-            pipe = _Pipe(stream, slots, None)
-            try:
-                for pos in range(0, src.numel(), SLOT):
-                    end = min(pos + SLOT, src.numel())
-                    i, slot = pipe.slot()
-                    slot[:end - pos].copy_(src[pos:end])
-                    pipe.copy(i, slot[:end - pos], out[pos:end])
-            finally:
-                pipe.finish()
-                _staging.give(slots)
+            with _lent(stream, 2) as slots:
+                pipe = _Pipe(stream, slots, None)
+                try:
+                    for pos in range(0, src.numel(), SLOT):
+                        end = min(pos + SLOT, src.numel())
+                        i, slot = pipe.slot()
+                        slot[:end - pos].copy_(src[pos:end])
+                        pipe.copy(i, slot[:end - pos], out[pos:end])
+                finally:
+                    pipe.finish()
         caller.wait_stream(stream)
     return out

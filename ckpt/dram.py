@@ -27,7 +27,7 @@ import torch
 from ckpt.disk import check_name
 from ckpt.format import Index
 from ckpt.loader import as_tensor
-from ckpt.pool import HostPool, accelerator_present
+from ckpt.pool import HostPool
 from ckpt.tensors import views
 
 __all__ = ["PATH_KEY", "TENSOR_SECONDS", "DramTier", "check_key"]
@@ -58,9 +58,11 @@ class DramTier:
     """Host-memory cache of loaded checkpoints holding at most `capacity` bytes.
 
     pool: the HostPool that loads borrow their buffers from (buffers of evicted entries go
-    back to it once no tensor views them); by default a pinned one of `capacity` bytes where
-    an accelerator exists, none otherwise. copy_bandwidth: bytes/s of the copy to a
-    non-CPU device, for estimates.
+    back to it once no tensor views them). For hits that go to a GPU pass a pinned pool
+    (`HostPool(capacity)` pins where an accelerator exists): the copy then runs straight
+    from the cache at full speed; without one it goes through the pinned staging slots.
+    Nothing here touches CUDA until a CUDA load asks for it. copy_bandwidth: bytes/s of the
+    copy to a non-CPU device, for estimates.
     """
 
     kind = "dram"
@@ -71,8 +73,6 @@ class DramTier:
             raise ValueError(f"capacity must not be negative, got {capacity}")
         self.name = name
         self.capacity = capacity
-        if pool is None and accelerator_present():
-            pool = HostPool(capacity)  # pinned: hits reach the GPU at full, async speed
         self.pool = pool
         self.copy_bandwidth = copy_bandwidth
         self._lock = threading.RLock()

@@ -14,7 +14,10 @@ The trade-off, against `mmap=False` (anonymous memory the load fills):
 - pages are the page cache's until written: they count as the file's, are shared between
   processes loading the same checkpoint, and can be dropped and re-read under memory
   pressure (re-read from the file, not re-checked);
-- no huge pages, and a first touch of a page not yet resident reads the file.
+- no huge pages, and a first touch of a page not yet resident reads the file;
+- the load faults each chunk in under bas's SIGBUS guard before checking it (a partition
+  truncated during the load is a CheckpointIOError); after the load, touching a tensor whose
+  file was truncated is a SIGBUS in the caller's code, as with any mapped file.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from collections.abc import Callable
 
 import torch
 
+from bas import prefault
 from ckpt.crc import crc32
-from ckpt.errors import ChecksumError, PartitionSizeError
+from ckpt.errors import CheckpointIOError, ChecksumError, PartitionSizeError
 from ckpt.format import Index
 from ckpt.reader import LoadStats, Progress, chunks_of, run_parallel
 from ckpt.safeopen import open_regular
@@ -49,6 +53,13 @@ def load_mapped(path: str | os.PathLike, *, threads: int, verify: bool = True,
     chunks = chunks_of(index)
 
     def check(c) -> None:
+        try:  # fault the chunk in under bas's SIGBUS guard: a shrunk file is an error here
+            prefault(maps[c.partition], c.offset, c.length)
+        except OSError as exc:
+            file = index.partitions[c.partition].file
+            raise CheckpointIOError(exc.errno, f"{name}: {file} bytes [{c.offset}, "
+                                    f"{c.offset + c.length}) are gone (the file shrank "
+                                    f"while mapped)") from exc
         view = memoryview(maps[c.partition])[c.offset:c.offset + c.length]
         try:
             if verify and crc32(view) != c.crc:
@@ -60,7 +71,11 @@ def load_mapped(path: str | os.PathLike, *, threads: int, verify: bool = True,
         tracker.add(c.length)
 
     read_start = time.perf_counter()
-    used = run_parallel(chunks, check, threads) if verify else 1
+    if verify:
+        used = run_parallel(chunks, check, threads)
+    else:
+        used = 1
+        tracker.add(index.total_bytes)
     out: dict[str, torch.Tensor] = {}
     for t in index.tensors:
         piece = flats[t.partition][t.offset:t.offset + t.length]
@@ -100,7 +115,12 @@ def _map_partition(file: str, size: int, dir_fd: int, directory: str):
                                      f"says {size}")
         if not size:
             return None
-        m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                          prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:  # ENODEV (a file system without mmap), ENOMEM
+            raise CheckpointIOError(exc.errno, f"mapping {full} failed: {exc.strerror} "
+                                    f"(load with mmap=False)") from exc
     finally:
         os.close(fd)
     m.madvise(mmap.MADV_WILLNEED)  # start reading ahead what is not cached yet

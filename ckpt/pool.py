@@ -251,7 +251,8 @@ def _pin(slab: _Slab) -> bool:
     """
     import torch
 
-    ok = int(torch.cuda.cudart().cudaHostRegister(_address(slab), slab.size, 0)) == 0
+    # cudaHostRegisterPortable: pinned for every device, not just the current one
+    ok = int(torch.cuda.cudart().cudaHostRegister(_address(slab), slab.size, 1)) == 0
     if not ok:
         _clear_cuda_error()
     return ok
@@ -265,31 +266,23 @@ def _unpin(slab: _Slab) -> None:
 
 
 def _clear_cuda_error() -> None:
-    """cudaGetLastError(): read and reset the calling thread's sticky-free last error."""
+    """cudaGetLastError() of the libcudart this process has loaded: reads and resets the
+    calling thread's last error (torch's cudart binding does not offer it)."""
     import ctypes
-    import glob
-    import os
 
-    import torch
-
-    fn = getattr(torch.cuda.cudart(), "cudaGetLastError", None)
-    if fn is not None:
-        fn()
-        return
-    lib_dirs = [os.path.join(os.path.dirname(torch.__file__), "lib")]
     try:
-        import nvidia.cuda_runtime as runtime  # the CUDA wheels ship libcudart here
-
-        lib_dirs += [os.path.join(p, "lib") for p in runtime.__path__]
-    except ImportError:
-        pass
-    for d in lib_dirs:
-        for path in sorted(glob.glob(os.path.join(d, "libcudart.so*"))):
-            try:
-                ctypes.CDLL(path).cudaGetLastError()
-                return
-            except (OSError, AttributeError):
-                continue
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libcudart" in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        try:
+            ctypes.CDLL(path).cudaGetLastError()  # already loaded: the same handle
+            return
+        except (OSError, AttributeError):
+            continue
+    raise RuntimeError("a CUDA host registration failed and its error could not be cleared: "
+                       "no loaded libcudart found")
 
 
 def _address(slab: _Slab) -> int:

@@ -26,7 +26,9 @@ class _StopSignals:
     """SIGINT, SIGTERM and SIGHUP stop the sort at its next progress point, between batches,
     where no lock is held or device call is in flight, and its cleanup removes the temporary
     output and the runs. Raising straight from the handler could land inside a device's
-    lock and hang the cleanup. A second signal stops it at once; a third kills it.
+    lock and hang the cleanup. A second Ctrl-C stops it at once and a third kills it; other
+    repeated signals are ignored until the cleanup is done. Signals the process was started
+    with ignored (nohup) stay ignored.
 
     The CLI's choice only: library calls never take over a process's signals.
     """
@@ -38,6 +40,8 @@ class _StopSignals:
     def __enter__(self) -> _StopSignals:
         try:
             for s in STOP_SIGNALS:
+                if signal.getsignal(s) == signal.SIG_IGN:
+                    continue  # nohup, or a background job: ignored it was, ignored it stays
                 self._previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread (main() called from a thread): leave them
             pass
@@ -51,7 +55,9 @@ class _StopSignals:
         if self.received is None:
             self.received = signum
             return
-        for s in STOP_SIGNALS:
+        if not (signum == self.received == signal.SIGINT):
+            return  # a process manager repeating SIGTERM must not cut the cleanup short
+        for s in self._previous:  # a second Ctrl-C: stop at once, a third kills
             signal.signal(s, signal.SIG_DFL)
         raise _Stopped(signum)
 

@@ -48,6 +48,7 @@ def test_load_after_pending_work_on_the_current_stream_is_byte_equal(model, thre
     sd, path, _ = model
     nbytes = ckpt.read_index(path).total_bytes
     stream = torch.cuda.Stream() if side_stream else torch.cuda.current_stream()
+    reused = []
     with torch.cuda.stream(stream):
         for _ in range(3):
             victim = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
@@ -56,10 +57,11 @@ def test_load_after_pending_work_on_the_current_stream_is_byte_equal(model, thre
             block = victim.data_ptr()
             del victim  # back to the allocator while the fill is still queued
             out = ckpt.load(path, "cuda", threads=threads)
-            reused = out["w0"].untyped_storage().data_ptr() == block
-            assert _equal(out, sd), f"weights overwritten by queued work (reused={reused})"
+            reused.append(out["w0"].untyped_storage().data_ptr() == block)
+            assert _equal(out, sd), "weights overwritten by work queued before the load"
             del out
     torch.cuda.synchronize()
+    assert any(reused), "the allocator never handed the busy block back: nothing was tested"
 
 
 def test_tensors_are_usable_on_the_callers_stream_at_once(model):
@@ -133,8 +135,8 @@ def test_gpu_and_pinned_memory_return_to_baseline(model):
 
 def test_store_and_dram_tier_to_cuda_miss_then_hit_release_the_lease(model, tmp_path):
     sd, path, _ = model
-    dram = ckpt.DramTier(256 * MIB)
-    assert dram.pool is not None and dram.pool.pin  # pinned by default with an accelerator
+    dram = ckpt.DramTier(256 * MIB, pool=HostPool(256 * MIB))
+    assert dram.pool.pin  # HostPool pins where an accelerator exists
     store = ckpt.Store([dram, ckpt.DiskTier(tmp_path / "disk", 256 * MIB)])
     store.put("m", path)
     miss = store.load("m", "cuda")

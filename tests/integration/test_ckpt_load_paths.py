@@ -114,7 +114,19 @@ def test_a_cached_checkpoint_is_read_from_the_cache_an_evicted_one_with_o_direct
     assert all(torch.equal(out[k], sd[k]) for k in sd)
 
 
-def test_fresh_buffer_page_size_comes_from_a_measurement():
-    assert isinstance(pool.huge_pages_pay(), bool)
-    assert pool.huge_pages_pay() == pool.huge_pages_pay()  # measured once per process
-    assert pool._fault_seconds(False) > 0 and pool._fault_seconds(True) > 0
+def test_fresh_buffer_page_size_follows_the_measurement(monkeypatch):
+    import mmap as mmap_module
+
+    advised = []
+
+    class Recording(mmap_module.mmap):
+        def madvise(self, option, *args):
+            advised.append(option)
+            return super().madvise(option, *args)
+
+    monkeypatch.setattr(pool.mmap, "mmap", Recording)
+    for pays in (False, True):
+        advised.clear()
+        monkeypatch.setattr(pool, "_huge_pages_pay", [pays])
+        pool.allocate(32 << 20)
+        assert (mmap_module.MADV_HUGEPAGE in advised) == pays

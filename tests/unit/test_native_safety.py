@@ -155,3 +155,28 @@ def test_largest_entry_python_allows_is_one_c_sorts():
     assert [bytes(r) for r in got] == sorted(bytes(r) for r in keys.reshape(n, key))
     with pytest.raises(ValueError):
         native.entry_size(key + 1)
+
+
+def test_mapped_load_of_a_partition_truncated_meanwhile_raises_not_sigbus(tmp_path):
+    proc = _run(f"""
+        import os, faulthandler, torch, ckpt
+        from ckpt import mapped
+        faulthandler.enable()
+        path = {str(tmp_path / "m.ckpt")!r}
+        ckpt.save({{"w": torch.ones(4 << 20)}}, path, chunk_size=1 << 20)
+        part = os.path.join(path, ckpt.read_index(path).partitions[0].file)
+        real = mapped._map
+
+        def map_then_truncate(p):
+            out = real(p)
+            os.truncate(part, 4096)  # another process rewrites the file meanwhile
+            return out
+
+        mapped._map = map_then_truncate
+        try:
+            ckpt.load(path)
+        except ckpt.CheckpointIOError as exc:
+            print("CheckpointIOError", exc)
+    """)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "CheckpointIOError" in proc.stdout and "shrank" in proc.stdout
