@@ -8,7 +8,6 @@
 
 from ckpt.convert import convert
 from ckpt.disk import DiskTier
-from ckpt.dram import DramTier
 from ckpt.errors import (
     AliasError,
     BadMagicError,
@@ -33,15 +32,32 @@ from ckpt.errors import (
     UnsupportedVersionError,
 )
 from ckpt.format import DTYPES, Index, Partition, TensorEntry
-from ckpt.loader import load, load_from, load_stream, pack, verify
-from ckpt.modules import init_empty, load_into, load_transformers
+from ckpt.host import pack, verify
 from ckpt.pool import HostPool, PoolStats
 from ckpt.reader import LoadStats
 from ckpt.remote import RemoteTier
 from ckpt.source import Source, open_source, packed_source, read_index
-from ckpt.store import Loaded, Store
-from ckpt.tensors import save
 from ckpt.writer import Writer
+
+# The torch adapters are imported on first use: `import ckpt` (format, writer, reader, disk
+# and remote tiers) works without torch; ckpt.load, save, Store, ... need it.
+_TORCH = {
+    "DramTier": "ckpt.dram", "Loaded": "ckpt.store", "Store": "ckpt.store",
+    "init_empty": "ckpt.modules", "load": "ckpt.loader", "load_from": "ckpt.loader",
+    "load_into": "ckpt.modules", "load_stream": "ckpt.loader",
+    "load_transformers": "ckpt.modules", "save": "ckpt.tensors",
+}
+
+
+def __getattr__(name: str):
+    if name in _TORCH:
+        import importlib
+
+        value = getattr(importlib.import_module(_TORCH[name]), name)
+        globals()[name] = value  # once: later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
+
 
 __all__ = [
     "DTYPES",

@@ -27,7 +27,7 @@ from ckpt.errors import (
     NotACheckpointError,
 )
 from ckpt.format import HEADER_SIZE, Index, decode_header
-from ckpt.loader import pack
+from ckpt.host import pack
 
 __all__ = ["CONNECT_TIMEOUT", "READ_TIMEOUT", "SUFFIX", "RemoteStream", "RemoteTier",
            "open_url"]

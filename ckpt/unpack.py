@@ -21,7 +21,7 @@ import threading
 from ckpt import atomic
 from ckpt.errors import CheckpointIOError, NotACheckpointError, PartitionSizeError
 from ckpt.format import HEADER_SIZE, INDEX_FILE, MAX_INDEX_BYTES, Index
-from ckpt.loader import verify
+from ckpt.host import verify
 from ckpt.safeopen import open_regular, read_regular
 from ckpt.source import index_ok, read_index, resolve_dir
 

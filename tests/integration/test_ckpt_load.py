@@ -75,7 +75,7 @@ def test_dropping_the_tensors_frees_the_one_buffer(saved, monkeypatch):
         made.append(weakref.ref(buf))
         return buf
 
-    monkeypatch.setattr("ckpt.loader.allocate", tracked)
+    monkeypatch.setattr("ckpt.host.allocate", tracked)
     out = ckpt.load(saved[1], mmap=False)
     assert len(made) == 1 and made[0]() is not None
     keep = out["norm"]
