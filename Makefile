@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bas-installed
 NATIVE := $(wildcard native/*.c native/*.h native/build_ffi.py)
 PROFILE_DIR ?= $(CURDIR)/.bas-run
 
-.PHONY: setup sysdeps native run test lint bench clean
+.PHONY: setup sysdeps native run test test-asan lint bench clean
 
 setup: sysdeps $(STAMP) native
 
@@ -38,6 +38,17 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The native tests under AddressSanitizer: an instrumented build, run with libasan preloaded
+# (Python itself is not instrumented: leak checks are off), then the normal build again.
+ASAN_TESTS ?= tests/unit/test_native_io.py tests/unit/test_native_safety.py \
+	tests/property/test_sort_kernels.py tests/property/test_gensort_reference.py \
+	tests/conformance/test_local_backends.py tests/integration/test_pmem_pool.py
+test-asan: setup
+	BAS_NATIVE_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:handle_sigbus=0 \
+		$(PY) -m pytest -q -p no:faulthandler $(ASAN_TESTS); status=$$?; \
+	$(PY) setup.py -q build_ext --inplace --force; touch bas/.native-built; exit $$status
 
 lint: setup
 	$(VENV)/bin/ruff check .

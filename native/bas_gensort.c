@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_gensort.c -- gensort 1.5 records from the 128-bit LCG, and valsort's checks, on threads */
 
 #include <errno.h>

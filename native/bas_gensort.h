@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_gensort.h -- cdef-clean declarations of the gensort 1.5 generator and valsort checks */
 
 /*

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_io.c -- multi-threaded gather/scatter over mapped memory and file descriptors */
 
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_io.h -- cdef-clean declarations of the multi-threaded gather/scatter kernels */
 
 /*

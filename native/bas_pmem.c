@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_pmem.c -- libpmemobj pool, transaction and region helpers behind pmem:// */
 
 #include <errno.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_pmem.h -- cdef-clean declarations of the libpmemobj helpers behind pmem:// */
 
 /*

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_sort.c -- key/index entries, a parallel MSD radix sort and a loser-tree merge */
 
 #define _GNU_SOURCE

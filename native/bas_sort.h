@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bas_sort.h -- cdef-clean declarations of the sort kernels (key/index entries, radix, merge) */
 
 /*

@@ -1,11 +1,14 @@
+# SPDX-License-Identifier: Apache-2.0
 """cffi builders for the native kernels (out-of-line API mode).
 
 `ffibuilder` is the core extension `bas._bas_native` (I/O gather/scatter, checksums and the
 kernels later issues add); `pmem_ffibuilder` is `bas._bas_pmem`, linked against PMDK's
 libpmemobj and kept separate so that the rest of bas works where PMDK is not installed.
 Build switches are environment variables read here and nowhere else:
-  BAS_NO_PMEM=1   skip the libpmemobj extension
-  BAS_CFLAGS      extra compiler flags (default -O3 -march=x86-64-v2 where x86)
+  BAS_NO_PMEM=1       skip the libpmemobj extension
+  BAS_CFLAGS          compiler flags instead of the default (-O3 -march=x86-64-v2 where x86)
+  BAS_NATIVE_DEBUG=1  AddressSanitizer build (-O1 -g -fsanitize=address); run Python with
+                      libasan preloaded (make test-asan does)
 """
 
 import os
@@ -19,10 +22,16 @@ CORE_SOURCES = ["bas_io.c", "bas_gensort.c", "bas_sort.c"]
 CORE_HEADERS = ["bas_io.h", "bas_gensort.h", "bas_sort.h"]
 
 
+DEBUG = os.environ.get("BAS_NATIVE_DEBUG", "") in ("1", "true", "yes")
+_ASAN = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"]
+
+
 def _cflags() -> list[str]:
     extra = os.environ.get("BAS_CFLAGS")
     if extra is not None:
         return extra.split()
+    if DEBUG:
+        return ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"] + _ASAN
     flags = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-march=x86-64-v2")
@@ -44,7 +53,7 @@ def _builder(module: str, headers: list[str], sources: list[str], libraries: lis
         include_dirs=[os.path.relpath(HERE)],
         libraries=libraries,
         extra_compile_args=_cflags(),
-        extra_link_args=["-pthread"],
+        extra_link_args=["-pthread"] + (["-fsanitize=address"] if DEBUG else []),
     )
     return ffi
 
