@@ -41,7 +41,20 @@ from bas.errors import (
     ReadOnlyError,
 )
 
-__all__ = ["Device", "Requests"]
+__all__ = ["Capabilities", "Device", "Requests"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a device is, for callers that branch on it (never on isinstance)."""
+
+    persistent: bool = False
+    byte_addressable: bool = False
+    is_pmem: bool = False
+    media_is_pmem: bool = False
+    direct_io: bool = False
+    granularity: int = 1
+    alignment: int = 1
 
 
 @dataclass(frozen=True)
@@ -70,28 +83,58 @@ class Device(ABC):
     """
 
     scheme: str = ""
-    #: survives power loss once persist() returns
-    persistent: bool = False
-    #: loads and stores of single bytes are native (no block read-modify-write below us)
-    byte_addressable: bool = False
-    #: backed by persistent memory through PMDK (a pmemobj pool)
-    is_pmem: bool = False
-    #: the media really is persistent memory (pmem_is_pmem): persists are cache flushes, not
-    #: msync; false for a pool on an ordinary file system (report it beside benchmark figures)
-    media_is_pmem: bool = False
-    #: I/O bypasses the page cache (O_DIRECT)
-    direct_io: bool = False
-    #: bytes the media moves for the smallest access (Optane 256, a flash page 4096)
-    granularity: int = 1
-    #: requests must be multiples of this (and buffers aligned to it); 1 = anything goes
-    alignment: int = 1
 
-    def __init__(self, url: str, *, read_only: bool = False):
+    def __init__(self, url: str, *, read_only: bool = False,
+                 caps: Capabilities | None = None):
         self.url = url
         self.read_only = read_only
+        self._caps = caps or Capabilities()
         self._state = threading.Condition(threading.Lock())
         self._inflight = 0
         self._closed = False
+
+    # -- capabilities: read-only, fixed when the device is opened -----------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Everything below, in one value (wrappers start from their inner device's)."""
+        return self._caps
+
+    @property
+    def persistent(self) -> bool:
+        """Survives power loss once persist() returns."""
+        return self._caps.persistent
+
+    @property
+    def byte_addressable(self) -> bool:
+        """Loads and stores of single bytes are native (no block read-modify-write below)."""
+        return self._caps.byte_addressable
+
+    @property
+    def is_pmem(self) -> bool:
+        """Backed by persistent memory through PMDK (a pmemobj pool)."""
+        return self._caps.is_pmem
+
+    @property
+    def media_is_pmem(self) -> bool:
+        """The media really is persistent memory (pmem_is_pmem): persists are cache flushes,
+        not msync; false for a pool on an ordinary file system (report it beside figures)."""
+        return self._caps.media_is_pmem
+
+    @property
+    def direct_io(self) -> bool:
+        """I/O bypasses the page cache (O_DIRECT)."""
+        return self._caps.direct_io
+
+    @property
+    def granularity(self) -> int:
+        """Bytes the media moves for the smallest access (Optane 256, a flash page 4096)."""
+        return self._caps.granularity
+
+    @property
+    def alignment(self) -> int:
+        """Requests must be multiples of this (and buffers aligned to it); 1 = anything."""
+        return self._caps.alignment
 
     # -- public API ---------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 
 from bas import _native as native
-from bas.device import Device, Requests
+from bas.device import Capabilities, Device, Requests
 from bas.errors import InvalidURLError
 from bas.registry import DeviceURL
 
@@ -16,12 +16,11 @@ class DramDevice(Device):
     """Volatile byte-addressable memory. URL: dram://?size=64M[&hugepages=1]."""
 
     scheme = "dram"
-    byte_addressable = True
 
     def __init__(self, size: int, *, hugepages: bool = False, url: str | None = None):
         if size <= 0:
             raise InvalidURLError(f"dram:// needs a positive size, got {size}")
-        super().__init__(url or f"dram://?size={size}")
+        super().__init__(url or f"dram://?size={size}", caps=Capabilities(byte_addressable=True))
         self._mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
             # explicit hugetlbfs pages need a reserved pool; THP needs none and falls back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -79,7 +80,13 @@ class EmuDevice(WrapperDevice):
         if mode not in MODES:
             raise InvalidURLError(f"emu:// mode must be one of {MODES}, got {mode!r}")
         super().__init__(inner, url or f"emu://{preset.name}?mode={mode}&inner="
-                                       f"{quote(inner.url, safe='')}")
+                                       f"{quote(inner.url, safe='')}",
+                         caps=dataclasses.replace(
+                             inner.capabilities,
+                             persistent=preset.persistent and inner.persistent,
+                             byte_addressable=preset.byte_addressable,
+                             is_pmem=inner.is_pmem and preset.persistent,
+                             granularity=preset.granularity))
         self.model = preset
         self.mode = mode
         #: the modelled hardware; siblings (see sibling()) share it, its clock and interference
@@ -102,24 +109,6 @@ class EmuDevice(WrapperDevice):
         except BaseException:
             inner.close()
             raise
-
-    # -- capabilities -------------------------------------------------------------------
-
-    @property
-    def persistent(self) -> bool:  # type: ignore[override]
-        return self.model.persistent and self.inner.persistent
-
-    @property
-    def byte_addressable(self) -> bool:  # type: ignore[override]
-        return self.model.byte_addressable
-
-    @property
-    def is_pmem(self) -> bool:  # type: ignore[override]
-        return self.inner.is_pmem and self.model.persistent
-
-    @property
-    def granularity(self) -> int:  # type: ignore[override]
-        return self.model.granularity
 
     @property
     def clock(self) -> float | None:

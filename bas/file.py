@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from bas import _native as native
-from bas.device import Device, Requests
+from bas.device import Capabilities, Device, Requests
 from bas.errors import DeviceIOError, InvalidURLError, UnsupportedError
 from bas.registry import DeviceURL
 
@@ -52,17 +52,15 @@ class FileDevice(Device):
     """
 
     scheme = "file"
-    persistent = True
 
     def __init__(self, path: str, *, size: int | None = None, create: bool | None = None,
                  direct: bool = False, bounce: bool = True, preallocate: bool = True,
                  read_only: bool = False, map: bool = True, nofollow: bool = False,
                  cache_first: bool = False, url: str | None = None):
-        super().__init__(url or f"file://{path}", read_only=read_only)
+        super().__init__(url or f"file://{path}", read_only=read_only, caps=Capabilities(
+            persistent=True, direct_io=direct, granularity=DIRECT_ALIGN if direct else 1,
+            alignment=DIRECT_ALIGN if direct and not bounce else 1))
         self.path = path
-        self.direct_io = direct
-        self.granularity = DIRECT_ALIGN if direct else 1
-        self.alignment = DIRECT_ALIGN if direct and not bounce else 1
         self._rmw_lock = threading.Lock()
         self._cache_first = cache_first and direct
         self.cached_bytes = 0  # bytes read from the page cache by cache_first

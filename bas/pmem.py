@@ -17,6 +17,7 @@ write_atomic() is failure-atomic: snapshot, copy, CRC update and commit in one t
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -30,7 +31,7 @@ import numpy as np
 
 from bas import _native as native
 from bas import _pmemobj as pmemobj
-from bas.device import Device, Requests, _byte_view
+from bas.device import Capabilities, Device, Requests, _byte_view
 from bas.errors import (
     CorruptionError,
     DeviceBusyError,
@@ -65,15 +66,12 @@ class PmemDevice(Device):
     """
 
     scheme = "pmem"
-    persistent = True
-    byte_addressable = True
-    is_pmem = True
-    granularity = 256
 
     def __init__(self, path: str, *, size: int | None = None, pool_size: int | None = None,
                  chunk: int | None = None, verify: bool = True, read_only: bool = False,
                  url: str | None = None):
-        super().__init__(url or f"pmem://{path}", read_only=read_only)
+        super().__init__(url or f"pmem://{path}", read_only=read_only, caps=Capabilities(
+            persistent=True, byte_addressable=True, is_pmem=True, granularity=256))
         self.path = os.path.abspath(path)
         self._meta = threading.Condition(threading.Lock())  # pending marks, dirty set, txs
         self._persist_lock = threading.Lock()
@@ -105,7 +103,8 @@ class PmemDevice(Device):
         except BaseException:
             self._pool.close()
             raise
-        self.media_is_pmem = self._pool.is_pmem  # pmem_is_pmem(): 0 without real PMem
+        # pmem_is_pmem(): 0 without real PMem; known once the pool is open
+        self._caps = dataclasses.replace(self._caps, media_is_pmem=self._pool.is_pmem)
 
     @classmethod
     def open_url(cls, url: DeviceURL) -> PmemDevice:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from bas.device import Device, Requests
+from bas.device import Capabilities, Device, Requests
 from bas.errors import InvalidURLError
 from bas.registry import DeviceURL, open_device
 
@@ -18,37 +18,9 @@ __all__ = ["WrapperDevice", "inner_from_url", "wrap_url"]
 class WrapperDevice(Device):
     """Forwards every primitive and capability to `inner`."""
 
-    def __init__(self, inner: Device, url: str):
-        super().__init__(url, read_only=inner.read_only)
+    def __init__(self, inner: Device, url: str, caps: Capabilities | None = None):
+        super().__init__(url, read_only=inner.read_only, caps=caps or inner.capabilities)
         self.inner = inner
-
-    @property
-    def persistent(self) -> bool:  # type: ignore[override]
-        return self.inner.persistent
-
-    @property
-    def byte_addressable(self) -> bool:  # type: ignore[override]
-        return self.inner.byte_addressable
-
-    @property
-    def is_pmem(self) -> bool:  # type: ignore[override]
-        return self.inner.is_pmem
-
-    @property
-    def media_is_pmem(self) -> bool:  # type: ignore[override]
-        return self.inner.media_is_pmem
-
-    @property
-    def direct_io(self) -> bool:  # type: ignore[override]
-        return self.inner.direct_io
-
-    @property
-    def granularity(self) -> int:  # type: ignore[override]
-        return self.inner.granularity
-
-    @property
-    def alignment(self) -> int:  # type: ignore[override]
-        return self.inner.alignment
 
     @property
     def clock(self) -> float | None:

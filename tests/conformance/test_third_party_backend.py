@@ -88,3 +88,14 @@ def test_a_wrapper_not_opened_by_url_refuses_a_url():
     register_device("built", Built)
     with pytest.raises(bas.InvalidURLError, match="not opened by URL"):
         open_device("built://")
+
+
+def test_capabilities_are_read_only_and_wrappers_inherit_them(tmp_path):
+    from bas.fault import FaultDevice
+
+    with open_device(f"file://{tmp_path}/d.bin?size=8192&direct=1&bounce=0") as dev:
+        with pytest.raises(AttributeError):
+            dev.persistent = False
+        assert dev.capabilities.alignment == dev.alignment == 4096
+        wrapped = FaultDevice(dev)
+        assert wrapped.capabilities == dev.capabilities and wrapped.persistent
