@@ -145,6 +145,7 @@ class Device(ABC):
 
     @property
     def closed(self) -> bool:
+        """close() was called: every later call raises DeviceClosedError."""
         return self._closed
 
     @property
@@ -169,8 +170,10 @@ class Device(ABC):
     def read_into(self, offset: int, out) -> int:
         """Fill the writable buffer `out` with the bytes at [offset, offset + len(out)).
 
-        Returns the number of bytes read (always len(out)). Raises OutOfBoundsError,
-        AlignmentError, DeviceClosedError or DeviceIOError.
+        Success: out holds the bytes; returns len(out). Raises OutOfBoundsError (range, or a
+        non-integer offset), AlignmentError (alignment > 1 and offset, length or out's
+        address not a multiple), DeviceClosedError, DeviceIOError (errno kept). out stays
+        the caller's. Thread-safe.
         """
         view = _byte_view(out, writable=True)
         offset = self._check_range(offset, view.nbytes, "read")
@@ -181,7 +184,10 @@ class Device(ABC):
         return view.nbytes
 
     def read(self, offset: int, length: int) -> bytes:
-        """The bytes at [offset, offset + length)."""
+        """The bytes at [offset, offset + length): a new bytes object the caller owns.
+
+        Raises as read_into. Thread-safe.
+        """
         length = _as_int(length, f"{self.url}: read length")
         if length < 0:
             raise OutOfBoundsError(f"{self.url}: length must be a non-negative int, got "
@@ -191,7 +197,14 @@ class Device(ABC):
         return bytes(buf)
 
     def write(self, offset: int, data) -> None:
-        """Store `data` (any bytes-like object) at offset. Durable after the next persist()."""
+        """Store `data` (any bytes-like object) at offset.
+
+        Success: a later read sees the bytes; they are durable once a later persist()
+        returns (persistent devices). Raises ReadOnlyError, OutOfBoundsError,
+        AlignmentError, DeviceClosedError, DeviceIOError (then the range holds some mix of
+        old and new bytes). data is not kept. Thread-safe; racing writes to the same bytes
+        leave some interleaving.
+        """
         view = _byte_view(data, writable=False)
         self._check_writable("write")
         offset = self._check_range(offset, view.nbytes, "write")
@@ -201,7 +214,11 @@ class Device(ABC):
                 self._write(offset, view)
 
     def persist(self) -> None:
-        """Make every write that returned before this call durable (a no-op on DRAM)."""
+        """Make every write that returned before this call durable (a no-op on DRAM).
+
+        Raises ReadOnlyError, DeviceClosedError, DeviceIOError (then nothing is known about
+        the writes since the last successful persist). Thread-safe.
+        """
         self._check_writable("persist")
         with self._op("persist", 0, 0):
             self._persist()
@@ -210,9 +227,11 @@ class Device(ABC):
         """Gather pieces into one buffer, packed back to back in request order.
 
         offsets: sequence of ints; lengths: one int for all pieces, or one per piece.
-        out: a writable buffer of at least the total length (allocated when None).
-        threads: native worker threads (the GIL is released while they run).
-        Returns out.
+        out: a writable buffer of at least the total length. threads: native worker threads
+        (the GIL is released while they run). Returns out; when out is None, a new numpy
+        uint8 array of the total length (aligned to `alignment`), which the caller owns.
+        Raises OutOfBoundsError (a piece out of range, bad offsets or lengths, out too
+        small), AlignmentError, DeviceClosedError, DeviceIOError. Thread-safe.
         """
         req = self._requests(offsets, lengths, "read")
         if out is None:
@@ -228,7 +247,12 @@ class Device(ABC):
         return out
 
     def write_many(self, offsets, lengths, data, *, threads: int = 1) -> None:
-        """Scatter the packed pieces of `data` to the given offsets (see read_many)."""
+        """Scatter the packed pieces of `data` to the given offsets (see read_many).
+
+        Success and durability as write. Raises ReadOnlyError, OutOfBoundsError,
+        AlignmentError, DeviceClosedError, DeviceIOError (then any piece may hold a mix of
+        old and new bytes). data is not kept. Thread-safe.
+        """
         self._check_writable("write")
         req = self._requests(offsets, lengths, "write")
         view = _byte_view(data, writable=False)
@@ -324,10 +348,10 @@ class Device(ABC):
 
     # -- checks shared by the public methods -------------------------------------------
 
-    def _aligned_buffer(self, length: int):
-        """A fresh zeroed buffer that meets this device's alignment."""
+    def _aligned_buffer(self, length: int) -> np.ndarray:
+        """A fresh zeroed uint8 array that meets this device's alignment."""
         if self.alignment <= 1:
-            return bytearray(length)
+            return np.zeros(length, dtype=np.uint8)
         raw = np.zeros(length + self.alignment, dtype=np.uint8)
         skip = (-native.address_of(raw)) % self.alignment
         return raw[skip:skip + length]
