@@ -45,6 +45,7 @@ ASAN_TESTS ?= tests/unit/test_native_io.py tests/unit/test_native_safety.py \
 	tests/property/test_sort_kernels.py tests/property/test_gensort_reference.py \
 	tests/conformance/test_local_backends.py tests/integration/test_pmem_pool.py
 test-asan: setup
+	rm -f bas/.native-built  # if this run is cut short, the next make rebuilds the normal one
 	BAS_NATIVE_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:handle_sigbus=0 \
 		$(PY) -m pytest -q -p no:faulthandler $(ASAN_TESTS); status=$$?; \

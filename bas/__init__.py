@@ -1,7 +1,7 @@
 """bas: a storage-engine library for byte-addressable and other fast storage (BRAID devices)."""
 
 from bas._native import MAX_THREADS, crc32, prefault
-from bas.device import Device, Requests
+from bas.device import Capabilities, Device, Requests
 from bas.errors import (
     AlignmentError,
     BackendUnavailableError,
@@ -23,6 +23,7 @@ __all__ = [
     "BACKENDS",
     "MAX_THREADS",
     "AlignmentError",
+    "Capabilities",
     "BackendUnavailableError",
     "CorruptionError",
     "Device",

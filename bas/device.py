@@ -84,6 +84,14 @@ class Device(ABC):
 
     scheme: str = ""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in Capabilities.__dataclass_fields__:
+            if name in vars(cls) and not isinstance(vars(cls)[name], property):
+                raise TypeError(f"{cls.__name__}.{name}: declare capabilities with "
+                                f"super().__init__(url, caps=Capabilities({name}=...)), not "
+                                f"as a class attribute (wrappers would not see it)")
+
     def __init__(self, url: str, *, read_only: bool = False,
                  caps: Capabilities | None = None):
         self.url = url

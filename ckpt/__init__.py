@@ -59,6 +59,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_TORCH))
+
+
 __all__ = [
     "DTYPES",
     "AliasError",

@@ -106,7 +106,7 @@ def _run(args) -> int:
         else:
             print(describe(index, args.limit))
         return 0
-    from ckpt.loader import verify
+    from ckpt.host import verify  # no torch needed to check a checkpoint
     from ckpt.reader import LoadStats
 
     stats = LoadStats()

@@ -16,7 +16,8 @@ The trade-off, against `mmap=False` (anonymous memory the load fills):
   pressure (re-read from the file, not re-checked);
 - no huge pages, and a first touch of a page not yet resident reads the file;
 - the load faults each chunk in under bas's SIGBUS guard before checking it (a partition
-  truncated during the load is a CheckpointIOError); after the load, touching a tensor whose
+  truncated during the load is a CheckpointIOError; with verify=False nothing is touched
+  during the load); after the load, touching a tensor whose
   file was truncated is a SIGBUS in the caller's code, as with any mapped file.
 """
 

@@ -185,12 +185,12 @@ def _check_timeouts(*timeouts: float | None) -> None:
 def _filesystem(url: str, storage_options: dict | None, connect_timeout: float | None,
                 read_timeout: float | None):
     """(fsspec file system, path) for url, with the timeouts given to its transport."""
-    import fsspec.core
-
     _check_timeouts(connect_timeout, read_timeout)
     options = dict(storage_options or {})
     scheme = url.split("://", 1)[0].lower()
     try:
+        import fsspec.core
+
         if scheme in _STREAMING:
             import aiohttp
 
@@ -205,8 +205,8 @@ def _filesystem(url: str, storage_options: dict | None, connect_timeout: float |
         return fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         raise CheckpointIOError(errno.ENOPKG if hasattr(errno, "ENOPKG") else errno.EIO,
-                                f"{url}: {exc} (http(s):// needs aiohttp and s3:// the "
-                                f"optional s3fs package: pip install aiohttp s3fs)") from exc
+                                f"{url}: {exc} (remote tiers need fsspec, http(s):// aiohttp "
+                                f"and s3:// s3fs: pip install 'bas[http]' or 'bas[s3]')") from exc
 
 
 def _timeout_kind(exc: BaseException | None) -> str | None:

@@ -238,9 +238,6 @@ direct_write(const struct bas_job *job, uint8_t *bounce, const uint8_t *src, uin
 	return 0;
 }
 
-/* resident_prefix -- bytes from off on, up to len, whose pages the page cache holds now.
- * Asked with mincore on a throw-away mapping: unlike a RWF_NOWAIT read, asking starts no
- * readahead, so an uncached range is not read twice (by readahead and by O_DIRECT). */
 /* mincore_trusted -- whether mincore tells this process the truth about fd: since Linux
  * 5.0 it reports every page resident for a file the caller neither owns nor may write */
 static int
@@ -258,6 +255,9 @@ mincore_trusted(int fd)
 	return access(path, W_OK) == 0;
 }
 
+/* resident_prefix -- bytes from off on, up to len, whose pages the page cache holds now.
+ * Asked with mincore on a throw-away mapping: unlike a RWF_NOWAIT read, asking starts no
+ * readahead, so an uncached range is not read twice (by readahead and by O_DIRECT). */
 static uint64_t
 resident_prefix(int fd, uint64_t off, uint64_t len)
 {

@@ -29,7 +29,7 @@ _ASAN = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"]
 def _cflags() -> list[str]:
     extra = os.environ.get("BAS_CFLAGS")
     if extra is not None:
-        return extra.split()
+        return extra.split() + (_ASAN if DEBUG else [])
     if DEBUG:
         return ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"] + _ASAN
     flags = ["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]

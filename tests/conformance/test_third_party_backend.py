@@ -99,3 +99,9 @@ def test_capabilities_are_read_only_and_wrappers_inherit_them(tmp_path):
         assert dev.capabilities.alignment == dev.alignment == 4096
         wrapped = FaultDevice(dev)
         assert wrapped.capabilities == dev.capabilities and wrapped.persistent
+
+
+def test_a_capability_declared_as_a_class_attribute_is_refused():
+    with pytest.raises(TypeError, match="declare capabilities"):
+        class Old(ToyDevice):  # the pre-Capabilities way: wrappers would not see it
+            persistent = True
