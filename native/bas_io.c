@@ -177,6 +177,7 @@ partial_pread(int fd, uint8_t *buf, uint64_t len, uint64_t off)
 	return 0;
 }
 
+/* is_aligned -- whether v is a multiple of align (a power of two) */
 static inline int
 is_aligned(uint64_t v, uint64_t align)
 {
@@ -452,6 +453,7 @@ run_job(const struct bas_job *job, uint64_t n, int threads, uint64_t *cached)
 	return rc;
 }
 
+/* bas_mem_gather -- copy pieces of a mapped region into one packed buffer (bas_io.h) */
 int
 bas_mem_gather(const uint8_t *base, const uint64_t *offsets, const uint64_t *lengths,
 		uint64_t uniform_len, uint64_t n, uint8_t *out, int threads)
@@ -462,6 +464,7 @@ bas_mem_gather(const uint8_t *base, const uint64_t *offsets, const uint64_t *len
 	return rc ? rc : run_job(&job, n, threads, NULL);
 }
 
+/* bas_mem_scatter -- copy the pieces of a packed buffer into a mapped region (bas_io.h) */
 int
 bas_mem_scatter(uint8_t *base, const uint64_t *offsets, const uint64_t *lengths,
 		uint64_t uniform_len, uint64_t n, const uint8_t *src, int threads)
@@ -472,6 +475,7 @@ bas_mem_scatter(uint8_t *base, const uint64_t *offsets, const uint64_t *lengths,
 	return rc ? rc : run_job(&job, n, threads, NULL);
 }
 
+/* bas_fd_gather -- pread pieces of a file into one packed buffer (bas_io.h) */
 int
 bas_fd_gather(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_limit,
 		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
@@ -482,6 +486,7 @@ bas_fd_gather(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_li
 	return run_job(&job, n, threads, NULL);
 }
 
+/* bas_fd_gather_cached -- bas_fd_gather taking what the page cache holds first (bas_io.h) */
 int
 bas_fd_gather_cached(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_limit,
 		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
@@ -493,6 +498,7 @@ bas_fd_gather_cached(int fd_buffered, int fd_direct, uint64_t align, uint64_t di
 	return run_job(&job, n, threads, cached);
 }
 
+/* bas_fd_scatter -- pwrite the pieces of a packed buffer into a file (bas_io.h) */
 int
 bas_fd_scatter(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_limit,
 		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
@@ -503,6 +509,7 @@ bas_fd_scatter(int fd_buffered, int fd_direct, uint64_t align, uint64_t direct_l
 	return run_job(&job, n, threads, NULL);
 }
 
+/* bas_max_threads -- the most worker threads one call may start */
 int
 bas_max_threads(void)
 {

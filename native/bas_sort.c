@@ -59,6 +59,7 @@ struct pfor {
 	int t;
 };
 
+/* pfor_run -- thread body of the parallel for: run one slice */
 static void *
 pfor_run(void *arg)
 {
@@ -92,6 +93,7 @@ parallel_for(uint64_t n, int threads, void (*fn)(void *, uint64_t, uint64_t, int
 	}
 }
 
+/* clamp_threads -- threads worth starting for n items (1..MAX_THREADS, 1 for small n) */
 static int
 clamp_threads(int threads, uint64_t n)
 {
@@ -112,6 +114,7 @@ struct extract_ctx {
 	uint8_t *entries;
 };
 
+/* extract_slice -- build entries [lo, hi) from their records (key bytes, then the index) */
 static void
 extract_slice(void *arg, uint64_t lo, uint64_t hi, int t)
 {
@@ -124,6 +127,7 @@ extract_slice(void *arg, uint64_t lo, uint64_t hi, int t)
 	}
 }
 
+/* bas_extract_entries -- build n entries from n whole records (bas_sort.h) */
 int
 bas_extract_entries(const uint8_t *records, uint64_t n, uint64_t record_size,
 		uint64_t key_offset, uint64_t key_size, uint64_t first_index,
@@ -135,6 +139,7 @@ bas_extract_entries(const uint8_t *records, uint64_t n, uint64_t record_size,
 	return 0;
 }
 
+/* bas_entries_from_keys -- build n entries from n packed keys (bas_sort.h) */
 int
 bas_entries_from_keys(const uint8_t *keys, uint64_t n, uint64_t key_size,
 		uint64_t first_index, uint8_t *entries, int threads)
@@ -143,6 +148,7 @@ bas_entries_from_keys(const uint8_t *keys, uint64_t n, uint64_t key_size,
 			threads);
 }
 
+/* bas_entry_offsets -- the record offsets of n entries (bas_sort.h) */
 int
 bas_entry_offsets(const uint8_t *entries, uint64_t n, uint64_t entry_size,
 		uint64_t record_size, uint64_t base, uint64_t *offsets)
@@ -240,6 +246,7 @@ top16(const uint8_t *e, uint64_t es)
 	return es >= 2 ? ((unsigned)e[0] << 8) | e[1] : (unsigned)e[0] << 8;
 }
 
+/* count_slice -- histogram of the top 16 key bits of entries [lo, hi), in thread t's row */
 static void
 count_slice(void *arg, uint64_t lo, uint64_t hi, int t)
 {
@@ -250,6 +257,7 @@ count_slice(void *arg, uint64_t lo, uint64_t hi, int t)
 		h[top16(c->src + i * c->es, c->es)]++;
 }
 
+/* scatter_slice -- move entries [lo, hi) to their buckets at thread t's cursors */
 static void
 scatter_slice(void *arg, uint64_t lo, uint64_t hi, int t)
 {
@@ -283,6 +291,7 @@ bucket_worker(void *arg, uint64_t lo, uint64_t hi, int t)
 	}
 }
 
+/* bas_sort_entries -- radix-sort n entries in place (bas_sort.h) */
 int
 bas_sort_entries(uint8_t *entries, uint64_t n, uint64_t entry_size, uint8_t *tmp,
 		int threads)
@@ -358,6 +367,7 @@ beats(const struct merge_src *m, int a, int b)
 	return c < 0 || (c == 0 && a < b);
 }
 
+/* bas_merge -- k-way loser-tree merge into out, until full or a run needs a refill */
 int
 bas_merge(int k, const uint8_t **bufs, const uint64_t *counts, uint64_t *pos,
 		const uint8_t *exhausted, uint64_t item_size, uint64_t cmp_offset,
