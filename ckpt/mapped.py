@@ -16,9 +16,9 @@ The trade-off, against `mmap=False` (anonymous memory the load fills):
   pressure (re-read from the file, not re-checked);
 - no huge pages, and a first touch of a page not yet resident reads the file;
 - the load faults each chunk in under bas's SIGBUS guard before checking it (a partition
-  truncated during the load is a CheckpointIOError; with verify=False nothing is touched
-  during the load); after the load, touching a tensor whose
-  file was truncated is a SIGBUS in the caller's code, as with any mapped file.
+  truncated during the load is a CheckpointIOError, verified or not); after the load,
+  touching a tensor whose file was truncated is a SIGBUS in the caller's code, as with any
+  mapped file.
 """
 
 from __future__ import annotations
@@ -61,22 +61,22 @@ def load_mapped(path: str | os.PathLike, *, threads: int, verify: bool = True,
             raise CheckpointIOError(exc.errno, f"{name}: {file} bytes [{c.offset}, "
                                     f"{c.offset + c.length}) are gone (the file shrank "
                                     f"while mapped)") from exc
-        view = memoryview(maps[c.partition])[c.offset:c.offset + c.length]
-        try:
-            if verify and crc32(view) != c.crc:
-                file = index.partitions[c.partition].file
-                raise ChecksumError(f"{name}: {file} bytes [{c.offset}, "
-                                    f"{c.offset + c.length}) fail their CRC-32 (corrupted)")
-        finally:
-            view.release()
+        if verify:
+            view = memoryview(maps[c.partition])[c.offset:c.offset + c.length]
+            try:
+                if crc32(view) != c.crc:
+                    file = index.partitions[c.partition].file
+                    raise ChecksumError(f"{name}: {file} bytes [{c.offset}, "
+                                        f"{c.offset + c.length}) fail their CRC-32 "
+                                        f"(corrupted)")
+            finally:
+                view.release()
         tracker.add(c.length)
 
     read_start = time.perf_counter()
-    if verify:
-        used = run_parallel(chunks, check, threads)
-    else:
-        used = 1
-        tracker.add(index.total_bytes)
+    # every chunk is faulted in by several threads, checked or not: a cold load reads the
+    # file in parallel instead of one page fault at a time in the caller's first touch
+    used = run_parallel(chunks, check, threads)
     out: dict[str, torch.Tensor] = {}
     for t in index.tensors:
         piece = flats[t.partition][t.offset:t.offset + t.length]
@@ -88,7 +88,7 @@ def load_mapped(path: str | os.PathLike, *, threads: int, verify: bool = True,
         stats.verified = verify
         stats.threads = used
         stats.chunks += len(chunks)
-        stats.bytes_read += sum(c.length for c in chunks) if verify else 0
+        stats.bytes_read += sum(c.length for c in chunks)
         stats.read_seconds += time.perf_counter() - read_start
         stats.seconds = time.perf_counter() - start
     return out

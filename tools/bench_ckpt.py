@@ -52,6 +52,13 @@ def _numel(shape) -> int:
     return n
 
 
+def state_dict(size: int) -> dict[str, torch.Tensor]:
+    """The synthetic model of about size bytes: random bf16 bits, the same for every seed 0."""
+    gen = torch.Generator().manual_seed(0)
+    return {name: torch.randint(-(1 << 15), 1 << 15, s, dtype=torch.int16, generator=gen
+                                ).view(torch.bfloat16) for name, s in shapes(size)}
+
+
 def dataset(ctx: Context) -> str:
     """The directory with the model in every format (made once; a marker says complete)."""
     root = os.environ.get("BAS_BENCH_DATA", "/var/tmp/bas-bench-ckpt")
@@ -60,9 +67,7 @@ def dataset(ctx: Context) -> str:
     if os.path.exists(marker):
         return data
     os.makedirs(data, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    sd = {name: torch.randint(-(1 << 15), 1 << 15, s, dtype=torch.int16, generator=gen
-                              ).view(torch.bfloat16) for name, s in shapes(ctx.size)}
+    sd = state_dict(ctx.size)
     from safetensors.torch import save_file
 
     import ckpt

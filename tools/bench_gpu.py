@@ -2,9 +2,11 @@
 
     tools/gpu-check                    # runs them all, after `pytest -m gpu`
     gpu-limit-h2d-pinned        one copy of the model's bytes from pinned host memory (the limit)
+    gpu-limit-h2d-pageable      the same from pageable memory
     gpu-ckpt-load               ckpt.load(path, "cuda"): our defaults
+    gpu-ckpt-load-cold          the same with the page cache evicted before every run
     gpu-ckpt-load-tuned-pool    ckpt.load(path, "cuda", pool=HostPool, direct=<cold>)
-    gpu-ckpt-tuned-dram-hit     ckpt.Store DRAM-tier hit to CUDA (the cached buffer is pinned)
+    gpu-ckpt-tuned-dram-hit     ckpt.Store DRAM-tier hit to CUDA (a pinned pool's cache)
     gpu-peer-safetensors        safetensors.torch.load_file(path, device="cuda")
 
 The model is the synthetic bf16 decoder of bench_ckpt.py (random bits, --size bytes), saved
@@ -25,7 +27,7 @@ import os
 import time
 
 import torch
-from bench_ckpt import shapes
+from bench_ckpt import state_dict
 from benchkit import Context, evict, workload
 from ckptpeer import touch
 
@@ -49,9 +51,7 @@ def dataset(ctx: Context) -> tuple[str, dict]:
         import ckpt
 
         os.makedirs(data, exist_ok=True)
-        gen = torch.Generator().manual_seed(0)
-        sd = {name: torch.randint(-(1 << 15), 1 << 15, s, dtype=torch.int16, generator=gen
-                                  ).view(torch.bfloat16) for name, s in shapes(ctx.size)}
+        sd = state_dict(ctx.size)
         ckpt.save(sd, os.path.join(data, "model.ckpt"))
         save_file(sd, os.path.join(data, "model.safetensors"))
         expected = {"checksum": touch(sd), "tensors": len(sd),

@@ -71,6 +71,13 @@ def _load(data, threads, cold):
     return (lambda: ckpt.load(path)), {}
 
 
+def _load_noverify(data, threads, cold):
+    import ckpt
+
+    path = _ckpt_path(data)
+    return (lambda: ckpt.load(path, verify=False)), {}
+
+
 def _pool(nbytes: int):
     import ckpt
 
@@ -215,6 +222,9 @@ def _memcpy(data, threads, cold):
 _POOL = "a HostPool made and pre-faulted before the clock (kept by a serving process)"
 LOADERS = {
     "ckpt-load": Loader(_load, "ours: ckpt.load(path), defaults", "model.ckpt"),
+    "ckpt-load-tuned-noverify": Loader(_load_noverify, "ours, tuned: ckpt.load(path, "
+                                       "verify=False)", "model.ckpt",
+                                       "verify=False: no CRC-32 check (as the peers do none)"),
     "ckpt-load-tuned-pool": Loader(_load_pool, "ours, tuned: ckpt.load(path, pool=HostPool)",
                                    "model.ckpt", f"pool: {_POOL}"),
     "ckpt-load-tuned-pool-direct": Loader(
