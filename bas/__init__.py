@@ -1,6 +1,7 @@
 """bas: a storage-engine library for byte-addressable and other fast storage (BRAID devices)."""
 
-from bas._native import MAX_THREADS, crc32, prefault
+from bas._native import MAX_THREADS
+from bas._native.io import crc32, prefault
 from bas.device import Capabilities, Device, Requests
 from bas.errors import (
     AlignmentError,

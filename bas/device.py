@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bas import _native as native
+from bas._native import io as native
 from bas.errors import (
     AlignmentError,
     DeviceClosedError,

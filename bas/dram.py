@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 
-from bas import _native as native
+from bas._native import io as native
 from bas.device import Capabilities, Device, Requests
 from bas.errors import InvalidURLError
 from bas.registry import DeviceURL

@@ -11,9 +11,10 @@ import threading
 
 import numpy as np
 
-from bas import _native as native
+from bas._native import io as native
 from bas.device import Capabilities, Device, Requests
 from bas.errors import DeviceIOError, InvalidURLError, UnsupportedError
+from bas.namespace import local
 from bas.registry import DeviceURL
 
 __all__ = ["FileDevice"]
@@ -261,8 +262,5 @@ def _open_direct(fd: int, path: str, flags: int, url: str) -> int:
 
 
 def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Make the new file's name durable (the device's bytes are its own persist's job)."""
+    local().sync_dir(os.path.dirname(os.path.abspath(path)))

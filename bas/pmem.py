@@ -29,8 +29,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from bas import _native as native
-from bas import _pmemobj as pmemobj
+from bas._native import io as native
+from bas._native import pmem as pmemobj
 from bas.device import Capabilities, Device, Requests, _byte_view
 from bas.errors import (
     CorruptionError,
@@ -39,6 +39,7 @@ from bas.errors import (
     LayoutError,
     PoolTooSmallError,
 )
+from bas.namespace import local
 from bas.registry import DeviceURL
 
 __all__ = ["LAYOUT", "STEPS", "PmemDevice"]
@@ -314,24 +315,25 @@ def _create_pool(path: str, url: str, size: int, pool_size: int | None,
         pool.path = path
     except BaseException:
         pool.close()
-        os.unlink(tmp)
+        local().remove(tmp)
         raise
-    _fsync_dir(directory)
+    local().sync_dir(directory or ".")
     return pool
 
 
 def _link_into_place(tmp: str, path: str, url: str) -> None:
+    ns = local()  # a pool URL has no way to name another namespace
     try:
-        os.link(tmp, path)  # unlike rename, never replaces a pool created meanwhile
+        ns.link(tmp, path)  # unlike rename, never replaces a pool created meanwhile
     except FileExistsError:
         raise DeviceBusyError(errno.EEXIST, f"{url}: another process created the pool while "
                               f"this one was creating it") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
             raise
-        os.rename(tmp, path)  # a file system without hard links
+        ns.rename(tmp, path)  # a file system without hard links
         return
-    os.unlink(tmp)
+    ns.remove(tmp)
 
 
 def _open_pool(path: str, url: str) -> pmemobj.Pool:
@@ -362,7 +364,7 @@ def _remove_stale_temporaries(directory: str, name: str) -> None:
         match = pattern.match(entry)
         if match and not _alive(int(match.group(1))):
             try:
-                os.unlink(os.path.join(directory, entry))
+                local().remove(os.path.join(directory, entry))
             except FileNotFoundError:
                 pass
 
@@ -375,12 +377,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

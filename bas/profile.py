@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from bas.namespace import replace_file
 from bas.phase import Phase, PhaseResult, random_phase, run_mixed, run_phase, sequential_phase
 from bas.presets import get_preset, interference_from
 
@@ -157,11 +158,14 @@ class Profile:
 
     def save(self, path: str) -> None:
         """Write the profile as JSON (atomically: a reader never sees half a file)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
+        data = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
+
+        def fill(fd: int) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+
+        replace_file(path, fill, tmp=f"{path}.tmp", mode=0o666)  # less the umask
 
     @classmethod
     def load(cls, path: str) -> Profile:

@@ -17,19 +17,20 @@ leftovers of crashed saves. One writer per NAME at a time, enforced by `lock` (f
 the hidden sibling `.NAME.ckpt-lock`), held from recovery to publish: without it, a second
 saver's recovery would delete the first one's temporary directory in the middle of its
 publish. Readers never lock and may run any time.
+
+Every change to names goes through a bas.namespace.Namespace (`ns`, the local file system by
+default), so tests can fail any step and drop what was not synced (bas.testing.FaultNamespace).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import os
 import secrets
-import shutil
 import threading
 import weakref
 
+from bas.namespace import ExchangeUnsupportedError, Namespace, local
 from ckpt.errors import CheckpointIOError, SaveInProgressError
 
 __all__ = ["SaveLock", "commit_dir", "fsync_dir", "fsync_fd", "lock", "lock_path", "recover",
@@ -56,7 +57,8 @@ class SaveLock:
     flock locks of one process on two descriptors exclude each other).
     """
 
-    def __init__(self, path: str, wait: bool = True):
+    def __init__(self, path: str, wait: bool = True, ns: Namespace | None = None):
+        self._ns = local(ns)
         self.path = lock_path(path)
         me = threading.get_ident()
         with _held_guard:
@@ -65,17 +67,14 @@ class SaveLock:
                                           f"saving to this path", path)
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                             0o644)
-            except OSError as exc:
-                raise _io_error(exc, f"opening the lock file {self.path}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                held, now = os.fstat(fd), os.stat(self.path, follow_symlinks=False)
+                fd = self._ns.lock(self.path, wait=wait)
             except BlockingIOError:
-                os.close(fd)
                 raise SaveInProgressError(errno.EWOULDBLOCK, f"{path}: another save to this "
                                           f"path is under way", path) from None
+            except OSError as exc:
+                raise _io_error(exc, f"locking {self.path}") from exc
+            try:
+                held, now = os.fstat(fd), os.stat(self.path, follow_symlinks=False)
             except FileNotFoundError:  # the holder removed it as we won: take a fresh one
                 os.close(fd)
                 continue
@@ -99,7 +98,7 @@ class SaveLock:
         try:
             now = os.stat(self.path, follow_symlinks=False)
             if (now.st_dev, now.st_ino) == self._ino:  # ours: remove it while still held
-                os.unlink(self.path)
+                self._ns.remove(self.path)
         except OSError:
             pass  # a lock file left behind costs nothing: the next saver reuses it
         finally:
@@ -118,43 +117,41 @@ def _forget(path: str, fd: int) -> None:
     os.close(fd)
 
 
-def lock(path: str, wait: bool = True) -> SaveLock:
+def lock(path: str, wait: bool = True, ns: Namespace | None = None) -> SaveLock:
     """Take the save lock of path; wait=False raises SaveInProgressError when it is held."""
-    return SaveLock(os.path.abspath(path), wait)
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
+    return SaveLock(os.path.abspath(path), wait, ns)
 
 
-def temp_dir(path: str) -> tuple[str, str]:
+def temp_dir(path: str, ns: Namespace | None = None) -> tuple[str, str]:
     """A fresh empty sibling directory for a save into `path`: (its path, its token)."""
     token = secrets.token_hex(4)
     tmp = f"{path}.tmp-{token}"
     try:
-        os.mkdir(tmp, 0o755)
+        local(ns).mkdir(tmp, mode=0o755)
     except OSError as exc:
         raise _io_error(exc, f"creating {tmp}") from exc
     return tmp, token
 
 
-def commit_dir(tmp: str, path: str, token: str) -> None:
+def commit_dir(tmp: str, path: str, token: str, ns: Namespace | None = None) -> None:
     """Publish the fully written and synced directory tmp as path (see the module doc)."""
+    ns = local(ns)
     parent = os.path.dirname(os.path.abspath(path))
-    fsync_dir(tmp)
+    fsync_dir(tmp, ns)
     try:
         if not os.path.lexists(path):
-            os.rename(tmp, path)
-            fsync_dir(parent)
+            ns.rename(tmp, path)
+            fsync_dir(parent, ns)
             return
-        if _rename_exchange(tmp, path):
-            fsync_dir(parent)
-            _remove_tree(tmp)
+        if _rename_exchange(tmp, path, ns):
+            fsync_dir(parent, ns)
+            _remove_tree(tmp, ns)
             return
         old = f"{path}.old-{token}"
-        os.rename(path, old)
-        os.rename(tmp, path)
-        fsync_dir(parent)
-        _remove_tree(old)
+        ns.rename(path, old)
+        ns.rename(tmp, path)
+        fsync_dir(parent, ns)
+        _remove_tree(old, ns)
     except OSError as exc:
         raise _io_error(exc, f"publishing {tmp} as {path}") from exc
 
@@ -175,29 +172,30 @@ def resolve(path: str, is_complete) -> str | None:
     return None
 
 
-def try_recover(path: str, is_complete) -> bool:
+def try_recover(path: str, is_complete, ns: Namespace | None = None) -> bool:
     """recover(path) unless a save to it is under way (its leftovers are its own): ran?"""
     try:
-        with lock(path, wait=False):
-            recover(path, is_complete)
+        with lock(path, wait=False, ns=ns):
+            recover(path, is_complete, ns)
     except SaveInProgressError:
         return False
     return True
 
 
-def recover(path: str, is_complete) -> None:
+def recover(path: str, is_complete, ns: Namespace | None = None) -> None:
     """Before a save: finish or undo an interrupted swap, then delete leftovers of crashes.
 
     REQUIRES: the caller holds lock(path).
     """
+    ns = local(ns)
     parent, base = _split(path)
     try:
         found = resolve(path, is_complete)
         if found is not None and found != path:
-            os.rename(found, path)
-            fsync_dir(parent)
+            ns.rename(found, path)
+            fsync_dir(parent, ns)
         for name in _siblings(parent, base, "old") + _siblings(parent, base, "tmp"):
-            _remove_tree(os.path.join(parent, name))
+            _remove_tree(os.path.join(parent, name), ns)
     except OSError as exc:
         raise _io_error(exc, f"recovering {path}") from exc
 
@@ -214,45 +212,31 @@ def _siblings(parent: str, base: str, kind: str) -> list[str]:
         return []
 
 
-def fsync_fd(fd: int, what: str) -> None:
+def fsync_fd(fd: int, what: str, ns: Namespace | None = None) -> None:
     try:
-        os.fsync(fd)
+        local(ns).sync(fd)
     except OSError as exc:
         raise _io_error(exc, f"fsync of {what}") from exc
 
 
-def fsync_dir(path: str) -> None:
+def fsync_dir(path: str, ns: Namespace | None = None) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        local(ns).sync_dir(path)
     except OSError as exc:
-        raise _io_error(exc, f"opening directory {path}") from exc
+        raise _io_error(exc, f"fsync of directory {path}") from exc
+
+
+def _rename_exchange(a: str, b: str, ns: Namespace | None = None) -> bool:
+    """Atomically swap two paths; False where the OS or the file system cannot."""
     try:
-        fsync_fd(fd, f"directory {path}")
-    finally:
-        os.close(fd)
-
-
-def _rename_exchange(a: str, b: str) -> bool:
-    """Atomically swap two paths with renameat2; False where the platform cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
+        local(ns).exchange(a, b)
+    except ExchangeUnsupportedError:
         return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), a)
+    return True
 
 
-def _remove_tree(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+def _remove_tree(path: str, ns: Namespace | None = None) -> None:
+    local(ns).remove_tree(path)
 
 
 def _io_error(exc: OSError, what: str) -> CheckpointIOError:

@@ -120,24 +120,27 @@ def _sharded(index_path: str) -> tuple[str, list[str]]:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *,
-            progress: Callable[[str], None] | None = None, **options) -> Index:
+            progress: Callable[[str], None] | None = None,
+            metadata: Mapping[str, str] | None = None, **options) -> Index:
     """Convert src into a checkpoint directory at dst (atomically); returns its index.
 
     options go to Writer (alignment, chunk_size, partition_size). progress(name) is called
-    after each tensor. A model directory's config.json is kept as metadata "hf_config".
+    after each tensor. A model directory's config.json is kept as metadata "hf_config";
+    metadata (str -> str) is added to the index's metadata and wins over those two keys.
     """
     src = os.fspath(src)
     kind, files = detect(src)
-    metadata = {"source_format": kind}
+    meta = {"source_format": kind}
     if os.path.isdir(src):
         config = os.path.join(src, "config.json")
         if os.path.isfile(config) and os.path.getsize(config) <= MAX_CONFIG:
             try:
                 with open(config, encoding="utf-8") as f:
-                    metadata["hf_config"] = json.dumps(json.load(f), sort_keys=True)
+                    meta["hf_config"] = json.dumps(json.load(f), sort_keys=True)
             except (ValueError, RecursionError, OSError) as exc:  # JSON and UTF-8 errors
                 raise ConvertError(f"{config}: unreadable config.json ({exc})") from None
-    with Writer(dst, metadata=metadata, **options) as writer:
+    meta.update(metadata or {})
+    with Writer(dst, metadata=meta, **options) as writer:
         seen: set[str] = set()
         for path in files:
             if kind == "safetensors":

@@ -29,22 +29,24 @@ import errno
 import json
 import os
 import secrets
-import shutil
 import stat
 import string
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from bas.namespace import Namespace, local, replace_file
 from ckpt import atomic
 from ckpt.errors import CheckpointError, CheckpointIOError, ModelNameError, NotACheckpointError
-from ckpt.format import BLOCK, INDEX_FILE, Index, align_up
-from ckpt.safeopen import open_regular, read_regular
+from ckpt.format import BLOCK, HEADER_SIZE, INDEX_FILE, MAX_INDEX_BYTES, Index, align_up
+from ckpt.host import read_host
+from ckpt.safeopen import read_regular
 from ckpt.source import Source, index_ok, open_source, read_index
-from ckpt.unpack import Unpacker
+from ckpt.tier import Droppable, Held, Sink, Tier, TierCapabilities, TierReader
+from ckpt.unpack import Unpacker, copy_buffer, copy_dir
 
-__all__ = ["MAX_NAME_BYTES", "MAX_STATE_BYTES", "STATE_FILE", "DiskTier", "DownloadSink",
-           "check_name", "checkpoint_bytes", "disk_bytes"]
+__all__ = ["MAX_NAME_BYTES", "MAX_STATE_BYTES", "STATE_FILE", "DirectoryReader", "DiskTier",
+           "DownloadSink", "check_name", "checkpoint_bytes", "disk_bytes", "index_file"]
 
 STATE_FILE = "store.json"
 _STATE_TMP = f".{STATE_FILE}.tmp"  # starts with '.', which no model name can
@@ -128,27 +130,31 @@ def _valid_name(name: str) -> bool:
     return _problem(name, ()) is None
 
 
-class DiskTier:
+class DiskTier(Tier):
     """Checkpoint directories under root, at most `capacity` bytes, least recently used out.
 
     profile: a bas.profile.Profile measured on this disk (thread counts and estimates);
     preset: the bas preset estimates use when there is no profile ("nvme", "optane-1dimm").
-    direct: read with O_DIRECT where possible. Every method taking a name raises
-    ModelNameError (a ValueError) for one check_name refuses.
+    direct: read with O_DIRECT where possible. ns: the bas.namespace.Namespace that copies,
+    evictions and store.json go through (the local file system). Every method taking a name
+    raises ModelNameError (a ValueError) for one check_name refuses.
     """
 
-    kind = "disk"
-
     def __init__(self, root: str | os.PathLike, capacity: int, *, name: str = "local",
-                 profile=None, preset: str = "nvme", direct: bool = True):
+                 profile=None, preset: str = "nvme", direct: bool = True,
+                 ns: Namespace | None = None):
         if capacity < 0:
             raise ValueError(f"capacity must not be negative, got {capacity}")
         self.root = os.path.abspath(os.fspath(root))
         self.name = name
+        # a put may make the only copy: evicted only where a slower tier holds it
+        self.capabilities = TierCapabilities(persistent=True, evictable=True,
+                                             holds_only_copy=True)
         self.capacity = capacity
         self.profile = profile
         self.preset = preset
         self.direct = direct
+        self._ns = local(ns)
         self._lock = threading.RLock()
         self._entries: dict[str, dict] = {}  # name -> {"bytes": n, "last_use": clock}
         self._clock = 0
@@ -191,7 +197,7 @@ class DiskTier:
     # -- loading -------------------------------------------------------------------------
 
     @contextmanager
-    def open(self, name: str) -> Iterator[Source]:
+    def open(self, name: str) -> Iterator[DirectoryReader]:
         """Open name for loading (a context) and mark it used now.
 
         While open it is never evicted. NotACheckpointError when it is not (or no longer) here.
@@ -204,15 +210,15 @@ class DiskTier:
             self._reading[name] = self._reading.get(name, 0) + 1
         try:
             with open_source(path, direct=self.direct) as source:
-                self.touch(name)
-                yield source
+                self._touch(name)
+                yield DirectoryReader(source, self.profile)
         finally:
             with self._lock:
                 self._reading[name] -= 1
                 if not self._reading[name]:
                     del self._reading[name]
 
-    def touch(self, name: str) -> None:
+    def _touch(self, name: str) -> None:
         """Record a use of name (the LRU order), durably."""
         check_name(name)
         with self._lock:
@@ -223,7 +229,61 @@ class DiskTier:
 
     # -- storing -------------------------------------------------------------------------
 
-    def reserve(self, nbytes: int, droppable: Callable[[str], bool]) -> bool:
+    def keep(self, name: str, held: Held, *, droppable: Droppable) -> object:
+        """Write a copy of held here (a promotion) when there is room; held.buf, or None."""
+        nbytes = checkpoint_bytes(len(held.index_bytes), held.index)  # exactly what is written
+        if not self._reserve(nbytes, droppable):
+            return None
+        try:
+            copy_buffer(held.index, held.index_bytes, held.buf, self.path(name), ns=self._ns)
+        except CheckpointError:
+            self._unreserve(nbytes)
+            return None  # a failed promotion costs speed later, not this load
+        self._added(name, nbytes, reserved=nbytes)
+        return held.buf
+
+    def sink(self, name: str, *, droppable: Droppable) -> DownloadSink:
+        """A sink for ckpt.host.read_packed that copies a download here, room permitting."""
+        return DownloadSink(self, check_name(name), droppable)
+
+    def put(self, name: str, src: str | Callable[[str], None], *, nbytes: int = 0,
+            droppable: Droppable | None = None) -> None:
+        """Store a checkpoint directory (copied, checked) or what src(path) writes as name.
+
+        nbytes are made room for first (droppable: what may be evicted for it; default
+        nothing); what was written is charged, evicting more if it came out larger.
+        CheckpointError when it does not fit; the previous copy of name stays intact.
+        """
+        path = self.path(name)
+        droppable = droppable or (lambda _: False)
+        if not self._reserve(nbytes, droppable):
+            raise self._no_room(name, nbytes)
+        try:
+            if callable(src):
+                src(path)
+            else:
+                copy_dir(src, path, ns=self._ns)
+            got = disk_bytes(path)
+            if got > nbytes:  # the plan fell short: charge what was written, or take it back
+                if not self._reserve(got - nbytes, droppable):
+                    self.remove(name)
+                    raise self._no_room(name, got)
+                nbytes = got
+        except BaseException:
+            self._unreserve(nbytes)
+            raise
+        self._added(name, got, reserved=nbytes)
+
+    def adopt(self, name: str) -> int:
+        """Take in a checkpoint written straight into `path(name)`; the bytes charged."""
+        return self._added(name)
+
+    def _no_room(self, name: str, nbytes: int) -> CheckpointError:
+        return CheckpointError(f"{name}: {nbytes} bytes do not fit in tier {self.name} "
+                               f"({self.used} of {self.capacity} used by checkpoints no slower "
+                               f"tier holds)")
+
+    def _reserve(self, nbytes: int, droppable: Callable[[str], bool]) -> bool:
         """Make room for nbytes by evicting least recently used checkpoints; whether it fits.
 
         Only checkpoints for which droppable(name) is true (another tier holds them) and that
@@ -243,19 +303,11 @@ class DiskTier:
             self._reserved += nbytes
             return True
 
-    def unreserve(self, nbytes: int) -> None:
+    def _unreserve(self, nbytes: int) -> None:
         with self._lock:
             self._reserved -= nbytes
 
-    def writer(self, name: str) -> Unpacker:
-        """An Unpacker that writes name here (call `added` after its commit)."""
-        return Unpacker(self.path(name))
-
-    def sink(self, name: str, droppable: Callable[[str], bool]) -> DownloadSink:
-        """A sink for ckpt.loader.read_packed that copies a download here, room permitting."""
-        return DownloadSink(self, check_name(name), droppable)
-
-    def added(self, name: str, nbytes: int | None = None, reserved: int = 0) -> int:
+    def _added(self, name: str, nbytes: int | None = None, reserved: int = 0) -> int:
         """Record that name was committed here, as used now; the bytes it is charged.
 
         nbytes: its checkpoint_bytes when the caller knows them exactly (the bytes it wrote);
@@ -271,8 +323,8 @@ class DiskTier:
             self._save()
         return nbytes
 
-    def remove(self, name: str) -> None:
-        """Delete name's checkpoint (readers with open files finish unharmed).
+    def remove(self, name: str, *, force: bool = False) -> bool:
+        """Delete name's checkpoint (readers with open files finish unharmed); True.
 
         The directory is renamed aside under the lock and deleted after it: a copy of the same
         name that a concurrent writer publishes later is never the one deleted. The aside
@@ -285,12 +337,13 @@ class DiskTier:
             self._save()
             doomed = f"{path}.del-{secrets.token_hex(4)}"
             try:
-                os.rename(path, doomed)
+                self._ns.rename(path, doomed)
             except FileNotFoundError:
-                return
+                return True
             except OSError as exc:
                 raise CheckpointIOError(exc.errno, f"removing {path} failed: {exc}") from exc
-        shutil.rmtree(doomed, ignore_errors=True)
+        self._discard(doomed)
+        return True
 
     # -- internals -----------------------------------------------------------------------
 
@@ -305,13 +358,13 @@ class DiskTier:
         state = self._load_state()
         for base in sorted(os.listdir(self.root)):
             if ".del-" in base:  # a removal that crashed before its delete finished
-                shutil.rmtree(os.path.join(self.root, base), ignore_errors=True)
+                self._discard(os.path.join(self.root, base))
                 continue
             for marker in (".tmp-", ".old-"):
                 if marker in base:  # a copy or swap that crashed: finish or undo it
                     # under the save lock: a save in flight keeps its temporary directory
                     atomic.try_recover(os.path.join(self.root, base.split(marker)[0]),
-                                       index_ok)
+                                       index_ok, self._ns)
         known = state.get("entries")
         known = known if isinstance(known, dict) else {}
         for base in sorted(os.listdir(self.root)):
@@ -344,26 +397,20 @@ class DiskTier:
         path = os.path.join(self.root, STATE_FILE)
         data = json.dumps({"version": 1, "clock": self._clock, "entries": self._entries},
                           sort_keys=True).encode()
-        try:
-            with self._root_fd() as dir_fd:
-                try:  # whatever is there (a crashed save's file, a link) is replaced
-                    os.unlink(_STATE_TMP, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    pass
-                fd = open_regular(_STATE_TMP, dir_fd=dir_fd, what=f"{path} (temporary)",
-                                  flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                  missing=CheckpointIOError)
-                try:
-                    _write_all(fd, data, path)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(_STATE_TMP, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                os.fsync(dir_fd)
+        try:  # whatever is at the temporary name (a crashed save's file, a link) is replaced
+            replace_file(path, lambda fd: _write_all(fd, data, path), ns=self._ns,
+                         tmp=os.path.join(self.root, _STATE_TMP))
         except CheckpointError:
             raise
         except OSError as exc:
             raise CheckpointIOError(exc.errno, f"writing {path} failed: {exc}") from exc
+
+    def _discard(self, path: str) -> None:
+        """Delete a directory set aside for removal; best effort (_reconcile retries)."""
+        try:
+            self._ns.remove_tree(path)
+        except OSError:
+            pass
 
     @contextmanager
     def _root_fd(self) -> Iterator[int]:
@@ -378,7 +425,20 @@ class DiskTier:
             os.close(fd)
 
 
-class DownloadSink:
+class DirectoryReader(TierReader):
+    """A checkpoint directory being loaded: read_host of its Source (disk tiers, paths)."""
+
+    def __init__(self, source: Source, profile=None):
+        self.source = source
+        self.profile = profile
+
+    def read(self, *, pool=None, verify=None, stats=None, progress=None, sink=None) -> Held:
+        buf = read_host(self.source, verify=verify, progress=progress, pool=pool, stats=stats,
+                        profile=self.profile)
+        return Held(self.source.index, index_file(self.source.name), buf, buf.nbytes)
+
+
+class DownloadSink(Sink):
     """read_packed's sink: a download's copy into a disk tier, made only if it has room.
 
     A local-disk error (ENOSPC, EIO, ...) while copying drops the copy and is kept in `error`;
@@ -394,11 +454,11 @@ class DownloadSink:
 
     def begin(self, index_bytes: bytes, index) -> None:
         nbytes = checkpoint_bytes(len(index_bytes), index)  # exactly what the copy writes
-        if self.disk.reserve(nbytes, self.droppable):
+        if self.disk._reserve(nbytes, self.droppable):
             self.reserved = nbytes
             self.active = True
             try:
-                self.unpacker = self.disk.writer(self.key)
+                self.unpacker = Unpacker(self.disk.path(self.key), ns=self.disk._ns)
                 self.unpacker.begin(index_bytes, index)
             except (CheckpointIOError, OSError) as exc:
                 self._drop(exc)
@@ -410,31 +470,37 @@ class DownloadSink:
             except (CheckpointIOError, OSError) as exc:
                 self._drop(exc)
 
-    def commit(self) -> str | None:
-        """Publish the copy; the tier's name, or None when there is none (dropped, no room)."""
+    def commit(self) -> bool:
+        """Publish the copy; whether there is one (False: dropped, no room, never begun)."""
         if not self.active:
-            return None
+            return False
         try:
             self.unpacker.commit()
         except (CheckpointIOError, OSError) as exc:
             self._drop(exc)
-            return None
+            return False
         self.active = False
-        self.disk.added(self.key, self.reserved, reserved=self.reserved)
+        self.disk._added(self.key, self.reserved, reserved=self.reserved)
         self.reserved = 0
-        return self.disk.name
+        return True
 
     def abort(self) -> None:
         if self.unpacker is not None:
             self.unpacker.abort()
         if self.reserved:
-            self.disk.unreserve(self.reserved)
+            self.disk._unreserve(self.reserved)
             self.reserved = 0
         self.active = False
 
     def _drop(self, exc: BaseException) -> None:
         self.error = exc
         self.abort()
+
+
+def index_file(directory: str) -> bytes:
+    """The bytes of a checkpoint directory's index file (bounded, never through a link)."""
+    return read_regular(os.path.join(directory, INDEX_FILE), HEADER_SIZE + MAX_INDEX_BYTES,
+                        missing=NotACheckpointError)
 
 
 def checkpoint_bytes(index_size: int, index: Index) -> int:

@@ -1,12 +1,13 @@
 """The DRAM tier: loaded checkpoints kept in host memory, LRU, handed out as zero-copy views.
 
 An entry is the index and the one host buffer a load filled. A hit costs O(number of
-tensors), never O(bytes): it makes a lease (a numpy view of the cached buffer, no copy),
-wraps it in one new torch storage and slices the tensors out of it. The lease is alive as
-long as any tensor of that hit is, and while an entry has live leases it is pinned: eviction
-skips it, so a buffer that tensors still point at is never dropped and the bytes counted
-against the capacity are the bytes really held. Leases end by themselves when their tensors
-are garbage (weakref.finalize), so callers never have to release anything.
+tensors), never O(bytes): it hands out a lease (a numpy view of the cached buffer, no copy)
+that ckpt.Store wraps in one torch storage and slices the tensors out of. The lease is alive
+as long as anything viewing it is (every tensor of that hit), and while an entry has live
+leases it is pinned: eviction skips it, so a buffer that tensors still point at is never
+dropped and the bytes counted against the capacity are the bytes really held. Leases end by
+themselves when their tensors are garbage (weakref.finalize), so callers never have to
+release anything.
 
 Tensors of a hit share memory with the cache: writing into them changes what later hits
 see (load a private copy with `clone()` when that matters). Entries are keyed by model name
@@ -16,19 +17,21 @@ checkpoint directory outside the tiers (`check_key`). Thread-safe.
 
 from __future__ import annotations
 
+import errno
 import threading
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ckpt.disk import check_name
+from ckpt.errors import NotACheckpointError
 from ckpt.format import Index
-from ckpt.loader import as_tensor
 from ckpt.pool import HostPool
-from ckpt.tensors import views
+from ckpt.tier import Held, Tier, TierCapabilities, TierReader
 
 __all__ = ["PATH_KEY", "TENSOR_SECONDS", "DramTier", "check_key"]
 
@@ -44,6 +47,7 @@ COPY_BANDWIDTH = 20e9
 @dataclass
 class _Entry:
     index: Index
+    index_bytes: bytes
     buf: np.ndarray
     leases: int = 0
     discarded: bool = False  # out of the cache, still counted until its last lease ends
@@ -54,7 +58,7 @@ class _Entry:
         return held_bytes(self.buf)
 
 
-class DramTier:
+class DramTier(Tier):
     """Host-memory cache of loaded checkpoints holding at most `capacity` bytes.
 
     pool: the HostPool that loads borrow their buffers from (buffers of evicted entries go
@@ -65,13 +69,14 @@ class DramTier:
     copy to a non-CPU device, for estimates.
     """
 
-    kind = "dram"
-
     def __init__(self, capacity: int, *, name: str = "dram", pool: HostPool | None = None,
                  copy_bandwidth: float = COPY_BANDWIDTH):
         if capacity < 0:
             raise ValueError(f"capacity must not be negative, got {capacity}")
         self.name = name
+        # a cache: gone with the process, any unpinned entry may go (the load's origin stays)
+        self.capabilities = TierCapabilities(persistent=False, evictable=True,
+                                             holds_only_copy=False)
         self.capacity = capacity
         self.pool = pool
         self.copy_bandwidth = copy_bandwidth
@@ -109,84 +114,69 @@ class DramTier:
             entry = self._entries.get(name)
             return entry.leases if entry is not None else 0
 
-    def index(self, name: str) -> Index | None:
-        check_key(name)
-        with self._lock:
-            self._settle()
-            entry = self._entries.get(name)
-            return entry.index if entry is not None else None
+    def index(self, name: str) -> Index:
+        return self._entry(name).index
 
     def estimate(self, nbytes: int, ntensors: int, device: str = "cpu") -> float:
         """Seconds a hit takes: slicing the views, plus the copy when device is not the CPU."""
         seconds = ntensors * TENSOR_SECONDS
-        if torch.device(device).type != "cpu":
+        if str(device).partition(":")[0] != "cpu":
             seconds += nbytes / self.copy_bandwidth
         return seconds
 
     # -- hits and inserts ----------------------------------------------------------------
 
-    def lookup(self, name: str, device: str | torch.device = "cpu"
-               ) -> dict[str, torch.Tensor] | None:
-        """Tensors of a cached entry as views of its buffer (None on a miss); O(tensors)."""
-        check_key(name)
+    @contextmanager
+    def open(self, name: str) -> Iterator[TierReader]:
+        """A reader whose read hands out a lease of the cached buffer (no bytes read)."""
         with self._lock:
-            self._settle()
-            entry = self._entries.get(name)
-            if entry is None:
-                return None
+            entry = self._entry(name)
             self._entries.move_to_end(name)
             lease = self._lease(entry)
-        return _tensors(entry.index, lease, device)
+        yield _Lease(Held(entry.index, entry.index_bytes, lease))
 
-    def insert(self, name: str, index: Index, buf: np.ndarray,
-               device: str | torch.device = "cpu") -> dict[str, torch.Tensor] | None:
-        """Cache buf (filled by a load) as name and return leased tensors of it.
+    def keep(self, name: str, held: Held, *, droppable=None) -> np.ndarray | None:
+        """Cache held.buf (filled by a load) as name; a lease of it, or None when it cannot
+        fit even after evicting every unpinned entry. An older entry of the name is dropped.
 
-        None when it cannot fit, even after evicting every unpinned entry: the caller then
-        uses buf uncached. An older entry of the same name is discarded.
+        droppable is not consulted: every entry here is a copy of one its origin still has.
         """
         check_key(name)
         with self._lock:
             self._settle()
             if name in self._entries:
-                self.discard(name)
-            if not self._make_room(held_bytes(buf)):
+                self.remove(name, force=True)
+            if not self._make_room(held_bytes(held.buf)):
                 return None
-            entry = _Entry(index, buf)
+            entry = _Entry(held.index, held.index_bytes, held.buf)
             self._entries[name] = entry
             self._used += entry.nbytes
-            lease = self._lease(entry)
-        return _tensors(index, lease, device)
+            return self._lease(entry)
 
-    def discard(self, name: str) -> None:
-        """Take name out of the cache now, pinned or not (a newer version replaces it).
+    def put(self, name, src, *, nbytes=0, droppable=None) -> None:
+        raise ValueError(f"tier {self.name} is a cache: put checkpoints into a disk or remote "
+                         f"tier; loads fill this one")
 
-        A pinned entry's bytes stay counted in `used` until its last tensor is garbage: they
-        are still held, so the capacity stays honest.
+    def remove(self, name: str, *, force: bool = False) -> bool:
+        """Drop name; a pinned entry stays (False) unless force.
+
+        With force a pinned entry leaves the cache now (a newer version replaces it) and its
+        bytes stay counted in `used` until its last tensor is garbage: they are still held,
+        so the capacity stays honest.
         """
-        check_key(name)
-        with self._lock:
-            self._settle()
-            entry = self._entries.get(name)
-            if entry is None:
-                return
-            if not entry.leases:
-                self._drop(name)
-                return
-            del self._entries[name]
-            entry.discarded = True
-
-    def evict(self, name: str) -> bool:
-        """Drop name unless it is pinned; whether it is gone."""
         check_key(name)
         with self._lock:
             self._settle()
             entry = self._entries.get(name)
             if entry is None:
                 return True
-            if entry.leases:
+            if not entry.leases:
+                self._drop(name)
+                return True
+            if not force:
                 return False
-            self._drop(name)
+            del self._entries[name]
+            entry.discarded = True
             return True
 
     def clear(self) -> int:
@@ -199,6 +189,15 @@ class DramTier:
             return before - self._used
 
     # -- internals -----------------------------------------------------------------------
+
+    def _entry(self, name: str) -> _Entry:
+        check_key(name)
+        with self._lock:
+            self._settle()
+            entry = self._entries.get(name)
+        if entry is None:
+            raise NotACheckpointError(errno.ENOENT, f"{name}: not in the {self.name} tier", name)
+        return entry
 
     def _make_room(self, nbytes: int) -> bool:
         if nbytes > self.capacity:
@@ -258,12 +257,9 @@ def held_bytes(buf: np.ndarray) -> int:
     return max(int(buf.nbytes), size)
 
 
-def _tensors(index: Index, lease: np.ndarray, device) -> dict[str, torch.Tensor]:
-    dev = torch.device(device)
-    if dev.type != "cpu":
-        from ckpt.cuda import host_to_cuda
+class _Lease(TierReader):
+    def __init__(self, held: Held):
+        self.held = held
 
-        # pinned when the tier's pool is (the default with an accelerator): a full-speed
-        # copy on a side stream; the lease ends once it returns, the copy being done
-        return views(index, host_to_cuda(lease, dev))
-    return views(index, as_tensor(lease))  # the storage holds the lease while a tensor lives
+    def read(self, **_) -> Held:
+        return self.held

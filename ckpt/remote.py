@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 from contextlib import contextmanager
 
+from ckpt.disk import check_name
 from ckpt.errors import (
     CheckpointError,
     CheckpointIOError,
@@ -27,10 +29,11 @@ from ckpt.errors import (
     NotACheckpointError,
 )
 from ckpt.format import HEADER_SIZE, Index, decode_header
-from ckpt.host import pack
+from ckpt.host import pack, read_packed
+from ckpt.tier import Held, Sink, Tier, TierCapabilities, TierReader
 
-__all__ = ["CONNECT_TIMEOUT", "READ_TIMEOUT", "SUFFIX", "RemoteStream", "RemoteTier",
-           "open_url"]
+__all__ = ["CONNECT_TIMEOUT", "READ_TIMEOUT", "SUFFIX", "PackedReader", "RemoteStream",
+           "RemoteTier", "open_packed", "open_url"]
 
 SUFFIX = ".ckpt.pack"
 #: defaults for estimates: a 10 Gbit/s link and the time to first byte of an object store
@@ -105,7 +108,52 @@ def open_url(url: str, storage_options: dict | None = None, *,
         stream.close()
 
 
-class RemoteTier:
+@contextmanager
+def open_packed(url: str, storage_options: dict | None = None, **timeouts):
+    """Context: a PackedReader of the packed checkpoint at url (see open_url)."""
+    with open_url(url, storage_options, **timeouts) as stream:
+        yield PackedReader(stream)
+
+
+class PackedReader(TierReader):
+    """A packed checkpoint arriving as a stream: one front-to-back pass, feeding a sink."""
+
+    def __init__(self, stream: RemoteStream):
+        self.stream = stream
+
+    def read(self, *, pool=None, verify=None, stats=None, progress=None, sink=None) -> Held:
+        tee = _IndexTee(sink)
+        # remote bytes cross a network: checked unless the caller said verify=False
+        index, buf = read_packed(self.stream, verify=verify is not False, progress=progress,
+                                 pool=pool, stats=stats, sink=tee)
+        return Held(index, tee.index_bytes, buf, buf.nbytes)
+
+
+class _IndexTee(Sink):
+    """Keeps the index bytes a stream began with and forwards everything to sink."""
+
+    def __init__(self, sink: Sink | None):
+        self.sink = sink
+        self.index_bytes = b""
+
+    def begin(self, index_bytes, index) -> None:
+        self.index_bytes = bytes(index_bytes)
+        if self.sink is not None:
+            self.sink.begin(index_bytes, index)
+
+    def chunk(self, partition, offset, view) -> None:
+        if self.sink is not None:
+            self.sink.chunk(partition, offset, view)
+
+    def commit(self) -> bool:
+        return self.sink is not None and self.sink.commit()
+
+    def abort(self) -> None:
+        if self.sink is not None:
+            self.sink.abort()
+
+
+class RemoteTier(Tier):
     """Packed checkpoints under a base URL; read-only unless the file system takes writes.
 
     bandwidth (bytes/s) and latency (s to the first byte) feed estimates; storage_options go
@@ -113,8 +161,6 @@ class RemoteTier:
     no limit) bound connecting and the silence of the server, never the whole download; an
     explicit timeout in storage_options (client_kwargs / config_kwargs) wins over them.
     """
-
-    kind = "remote"
 
     def __init__(self, url: str, *, name: str = "remote", bandwidth: float = BANDWIDTH,
                  latency: float = LATENCY, storage_options: dict | None = None,
@@ -125,6 +171,9 @@ class RemoteTier:
         _check_timeouts(connect_timeout, read_timeout)
         self.url = url.rstrip("/")
         self.name = name
+        # the origin: what it holds may be the only copy, and the Store never evicts it
+        self.capabilities = TierCapabilities(persistent=True, evictable=False,
+                                             holds_only_copy=True)
         self.bandwidth = bandwidth
         self.latency = latency
         self.storage_options = dict(storage_options or {})
@@ -132,7 +181,7 @@ class RemoteTier:
         self.read_timeout = read_timeout
 
     def url_of(self, name: str) -> str:
-        return f"{self.url}/{name}{SUFFIX}"
+        return f"{self.url}/{check_name(name)}{SUFFIX}"
 
     def holds(self, name: str) -> bool:
         fs, path = self._filesystem(name)
@@ -142,13 +191,34 @@ class RemoteTier:
             return False
 
     def open(self, name: str):
-        """Context: a RemoteStream over name's packed checkpoint."""
-        return open_url(self.url_of(name), self.storage_options,
-                        connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
+        """Context: a PackedReader over name's packed checkpoint."""
+        return open_packed(self.url_of(name), self.storage_options,
+                           connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
+
+    def names(self) -> list[str]:
+        """Names of the packed checkpoints under the URL (sorted; [] when unreachable)."""
+        fs, base = _filesystem(self.url + "/", self.storage_options, self.connect_timeout,
+                               self.read_timeout)
+        try:
+            found = fs.find(base)
+        except Exception:  # noqa: BLE001 - an unreachable remote lists nothing
+            return []
+        prefix = base.rstrip("/") + "/"
+        names = []
+        for path in found:
+            rel = path[len(prefix):] if path.startswith(prefix) else None
+            if rel and rel.endswith(SUFFIX):
+                try:
+                    names.append(check_name(rel[:-len(SUFFIX)]))
+                except ValueError:
+                    continue  # an object no name maps to
+        return sorted(names)
 
     def index(self, name: str) -> Index:
         """Read only the head of the object: header and index."""
-        with self.open(name) as stream:
+        with open_url(self.url_of(name), self.storage_options,
+                      connect_timeout=self.connect_timeout,
+                      read_timeout=self.read_timeout) as stream:
             head = _read_exact(stream, HEADER_SIZE)
             _, length, _ = decode_header(head, self.url_of(name))
             return Index.decode(head + _read_exact(stream, length), self.url_of(name))
@@ -156,11 +226,23 @@ class RemoteTier:
     def estimate(self, nbytes: int, ntensors: int, device: str = "cpu") -> float:
         return self.latency + nbytes / self.bandwidth
 
-    def put(self, name: str, path: str | os.PathLike) -> int:
-        """Upload the checkpoint directory at path as name (packed); the bytes written."""
+    def keep(self, name: str, held: Held, *, droppable=None) -> None:
+        return None  # an origin: loads never copy into it (put uploads)
+
+    def put(self, name: str, src, *, nbytes: int = 0, droppable=None) -> int:
+        """Upload the checkpoint directory src as name (packed); the bytes written.
+
+        The object appears under its name only once complete (written under a temporary
+        name, then moved), so a failed upload leaves the previous version in place.
+        """
+        if callable(src) or not isinstance(src, (str, os.PathLike)):
+            raise ValueError(f"tier {self.name} takes checkpoint directories: save a state "
+                             f"dict into a disk tier first, then upload its directory")
+        path = src
         fs, target = self._filesystem(name)
         tmp = f"{target}.uploading"
         try:
+            fs.makedirs(posixpath.dirname(target), exist_ok=True)  # local and NFS need it
             with fs.open(tmp, "wb") as out:
                 written = pack(path, out)
             fs.mv(tmp, target)
@@ -170,6 +252,17 @@ class RemoteTier:
             raise CheckpointIOError(getattr(exc, "errno", None) or errno.EIO,
                                     f"{self.url_of(name)}: upload failed: {exc}") from exc
         return written
+
+    def remove(self, name: str, *, force: bool = False) -> bool:
+        """Delete name's object (the owner's verb: a Store never evicts an origin)."""
+        fs, target = self._filesystem(name)
+        try:
+            if fs.exists(target):
+                fs.rm(target)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointIOError(getattr(exc, "errno", None) or errno.EIO,
+                                    f"{self.url_of(name)}: delete failed: {exc}") from exc
+        return True
 
     def _filesystem(self, name: str):
         return _filesystem(self.url_of(name), self.storage_options, self.connect_timeout,

@@ -3,19 +3,22 @@
     store = ckpt.Store([ckpt.DramTier(16 << 30, pool=ckpt.HostPool(16 << 30)),
                         ckpt.DiskTier("/nvme/ckpt", 500 << 30),
                         ckpt.RemoteTier("http://models.internal/ckpt")])
-    got = store.load("llama-1b")        # got.tensors, got.tier ("dram", "local", "remote")
+    got = store.load("llama-1b")        # got.tensors, got.tier ("dram", "local", "remote"),
+                                        # got.index (its metadata too)
     store.estimate_load_time("llama-1b") # {"dram": 0.001, "local": 0.5, "remote": 1.8}
 
-A load takes the model from the fastest tier that holds it and promotes it into every faster
-tier with room: a remote miss streams the packed object once, loading it into memory and
-writing it into the fastest disk tier at the same time (published only when every chunk
-arrived and passed its CRC), then caches it in DRAM. Disk tiers are caches too: a checkpoint
-is evicted from one only when a slower tier (disk or remote) also holds it, so `put` never
-loses the only copy. Models are named ("llama-1b", "org/model"; every verb checks a name with
-ckpt.disk.check_name and raises ModelNameError, a ValueError, for a bad one); an absolute or
-./ path to a checkpoint directory, or a URL of a packed checkpoint, works as well. A disk tier
-is charged what a checkpoint occupies there (ckpt.disk.checkpoint_bytes): `put` reserves the
-size of the index it will write before writing, and charges what was written.
+The Store sees its tiers only through the contract of ckpt/tier.py (it branches on
+capabilities, never on a kind). A load takes the model from the fastest tier that holds it
+and promotes it into every faster tier with room: a remote miss streams the packed object
+once, loading it into memory and writing it into the fastest disk tier at the same time
+(published only when every chunk arrived and passed its CRC), then caches it in DRAM. Disk
+tiers are caches too: a checkpoint is evicted from one only when a slower tier (disk or
+remote) also holds it, so `put` never loses the only copy. Models are named ("llama-1b",
+"org/model"; every verb checks a name with ckpt.disk.check_name and raises ModelNameError, a
+ValueError, for a bad one); an absolute or ./ path to a checkpoint directory, or a URL of a
+packed checkpoint, works as well. A disk tier is charged what a checkpoint occupies there
+(ckpt.disk.checkpoint_bytes): `put` reserves the size of the index it will write before
+writing, and charges what was written.
 """
 
 from __future__ import annotations
@@ -25,35 +28,32 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from ckpt.cuda import check_cuda, host_to_cuda
-from ckpt.disk import DiskTier, check_name, checkpoint_bytes, disk_bytes
-from ckpt.dram import PATH_KEY, DramTier
-from ckpt.errors import CheckpointError, NotACheckpointError, SchemaError
+from ckpt.disk import DirectoryReader, check_name, checkpoint_bytes, disk_bytes
+from ckpt.dram import PATH_KEY
+from ckpt.errors import NotACheckpointError, SchemaError
 from ckpt.format import (
     BLOCK,
     DEFAULT_ALIGNMENT,
     DEFAULT_CHUNK_SIZE,
-    HEADER_SIZE,
     INDEX_FILE,
-    MAX_INDEX_BYTES,
     Index,
     Partition,
     TensorEntry,
     align_up,
     partition_file_name,
 )
-from ckpt.loader import as_tensor, read_host, read_packed
+from ckpt.loader import as_tensor
 from ckpt.reader import LoadStats
-from ckpt.remote import RemoteTier, open_url
-from ckpt.safeopen import read_regular
+from ckpt.remote import open_packed
 from ckpt.source import open_source, resolve_dir
 from ckpt.tensors import dtype_name, plan, save, views
-from ckpt.unpack import copy_buffer, copy_dir
+from ckpt.tier import Droppable, Tier, TierReader
 from ckpt.writer import DEFAULT_PARTITION_SIZE
 
 __all__ = ["URL_PREFIX", "Loaded", "Store"]
@@ -67,12 +67,13 @@ class Loaded:
     """What `Store.load` returns: the tensors and where they came from."""
 
     tensors: dict[str, torch.Tensor]
-    tier: str  # name of the tier that served the bytes ("path" for a plain directory)
+    tier: str  # name of the tier that served the bytes ("path" / "url" outside the tiers)
     key: str  # the name the tiers know the model by
     nbytes: int  # bytes of the checkpoint's data
     seconds: float
     stats: LoadStats = field(default_factory=LoadStats)  # bytes_read == 0 on a DRAM hit
     promoted: list[str] = field(default_factory=list)  # tiers it was copied into
+    index: Index | None = None  # the checkpoint's index (metadata, tensor entries)
 
 
 @dataclass(frozen=True)
@@ -83,25 +84,26 @@ class _Target:
 
 
 class Store:
-    """Tiers fastest first: at most one DramTier (first), DiskTiers, then RemoteTiers.
+    """Tiers fastest first: caches (not persistent, e.g. DramTier), then persistent tiers the
+    store may evict from (DiskTier), then origins (RemoteTier). Any ckpt.tier.Tier works.
 
     verify: check CRCs of disk and path loads (default on); remote bytes are always checked
     unless verify is False.
     """
 
-    def __init__(self, tiers: Sequence, *, verify: bool | None = None):
+    def __init__(self, tiers: Sequence[Tier], *, verify: bool | None = None):
         self.tiers = list(tiers)
-        kinds = [t.kind for t in self.tiers]
-        if kinds != sorted(kinds, key=["dram", "disk", "remote"].index) or kinds.count(
-                "dram") > 1:
-            raise ValueError(f"tiers must be: at most one dram, then disks, then remotes; got "
-                             f"{kinds}")
+        for t in self.tiers:
+            if not isinstance(t, Tier):
+                raise TypeError(f"a tier is a ckpt.tier.Tier, got {type(t).__name__}")
+        ranks = [_rank(t) for t in self.tiers]
+        if ranks != sorted(ranks):
+            raise ValueError(f"tiers go fastest first: caches, then persistent tiers the store "
+                             f"may evict from, then origins; got {[t.name for t in self.tiers]}")
         names = [t.name for t in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be unique, got {names}")
-        self.dram: DramTier | None = self.tiers[0] if kinds[:1] == ["dram"] else None
-        self.disks: list[DiskTier] = [t for t in self.tiers if t.kind == "disk"]
-        self.remotes: list[RemoteTier] = [t for t in self.tiers if t.kind == "remote"]
+        self.pool = next((t.pool for t in self.tiers if t.pool is not None), None)
         self.verify = verify
         self._lock = threading.Lock()
         self._flights: dict[str, threading.Lock] = {}
@@ -118,175 +120,139 @@ class Store:
         start = time.perf_counter()
         device = check_cuda(device)  # before anything is read or cached
         target = _target(model)
-        hit = self._hit(target.key, device, start)
-        if hit is not None:
-            return hit
+        first = self.tiers[0] if self.tiers else None
+        if first is not None and not first.persistent:
+            # a cache hit never waits behind another key's load, nor takes the flight lock
+            got = self._read(first, target, [], LoadStats(), progress)
+            if got is not None:
+                return self._loaded(target, got, first.name, device, start)
         with self._flight(target.key):
-            hit = self._hit(target.key, device, start)  # another thread may have loaded it
-            if hit is not None:
-                return hit
             stats = LoadStats()
-            index, buf, tier, promoted = self._miss(target, stats, progress)
-            tensors = None
-            if self.dram is not None:
-                tensors = self.dram.insert(target.key, index, buf, device)
-                if tensors is not None:
-                    promoted.append(self.dram.name)
-            if tensors is None:
-                flat = host_to_cuda(buf, device) if device.type != "cpu" else as_tensor(buf)
-                tensors = views(index, flat)
-        return Loaded(tensors, tier, target.key, index.total_bytes,
-                      time.perf_counter() - start, stats, promoted)
-
-    def _hit(self, key: str, device, start: float) -> Loaded | None:
-        if self.dram is None:
-            return None
-        tensors = self.dram.lookup(key, device)
-        if tensors is None:
-            return None
-        index = self.dram.index(key)
-        nbytes = index.total_bytes if index is not None else 0
-        return Loaded(tensors, self.dram.name, key, nbytes, time.perf_counter() - start)
-
-    def _miss(self, target: _Target, stats: LoadStats, progress):
-        pool = self.dram.pool if self.dram is not None else None
-        verify = self.verify
-        if target.path is not None:
-            with open_source(target.path) as source:
-                buf = read_host(source, verify=verify, progress=progress, pool=pool,
-                                stats=stats)
-            return source.index, buf, "path", []
-        for i, disk in enumerate(self.disks):
-            if not disk.holds(target.key):
-                continue
-            try:
-                with disk.open(target.key) as source:
-                    buf = read_host(source, verify=verify, progress=progress, pool=pool,
-                                    stats=stats, profile=disk.profile)
-                    index_bytes = _index_file(source.name)
-            except NotACheckpointError:
-                continue  # removed behind our back: try the slower tiers
-            promoted = self._promote(target.key, source.index, index_bytes, buf, self.disks[:i])
-            return source.index, buf, disk.name, promoted
-        for remote, opener in self._remote_openers(target):
-            try:
-                with opener() as stream:
-                    return self._download(target.key, stream, remote, stats, progress, pool)
-            except NotACheckpointError:
-                continue
+            for i, tier in enumerate(self.tiers):
+                faster = [t for t in self.tiers[:i] if _may_hold(t, target)]
+                got = self._read(tier, target, faster, stats, progress)
+                if got is not None:
+                    return self._loaded(target, got, tier.name, device, start, stats)
+            outside = self._outside(target)
+            if outside is not None:
+                name, opener = outside
+                faster = [t for t in self.tiers if _may_hold(t, target)]
+                got = self._copy(opener(), target.key, faster, stats, progress)
+                return self._loaded(target, got, name, device, start, stats)
         raise NotACheckpointError(2, f"{target.path or target.url or target.key}: in none of "
                                   f"the tiers {[t.name for t in self.tiers]}", target.key)
 
-    def _download(self, key, stream, remote_name, stats, progress, pool):
-        """Stream a packed checkpoint into memory and, at the same time, into the first disk."""
-        sink = self.disks[0].sink(key, self._droppable(0)) if self.disks else None
+    def _read(self, tier: Tier, target: _Target, faster: list[Tier], stats, progress):
+        """(held, buffer to view, promoted) from tier, or None when it does not hold target."""
+        if not _may_hold(tier, target):
+            return None
+        try:  # open says NotACheckpointError when absent: no separate holds() round trip
+            return self._copy(tier.open(target.key), target.key, faster, stats, progress)
+        except NotACheckpointError:
+            return None  # removed behind our back: try the slower tiers
+
+    def _copy(self, opened: AbstractContextManager[TierReader], key: str, faster: list[Tier],
+              stats, progress):
+        """Read from an opened reader into host memory, streaming into the first faster tier
+        that takes streams, then offer the copy to the other faster tiers (slowest first, so
+        the fastest one's buffer is the one handed out)."""
+        sink_tier, sink = None, None
+        for t in faster:
+            sink = t.sink(key, droppable=self._droppable(t))
+            if sink is not None:
+                sink_tier = t
+                break
         try:
-            index, buf = read_packed(stream, verify=self.verify is not False, progress=progress,
-                                     pool=pool, stats=stats, sink=sink)
-            promoted = [sink.commit()] if sink is not None and sink.active else []
+            with opened as reader:
+                held = reader.read(pool=self.pool, verify=self.verify, stats=stats,
+                                   progress=progress, sink=sink)
+            streamed = sink is not None and sink.commit()
         except BaseException:
             if sink is not None:
                 sink.abort()
             raise
-        return index, buf, remote_name, [p for p in promoted if p]
-
-    def _remote_openers(self, target: _Target):
-        if target.url is not None:
-            yield "url", lambda: open_url(target.url)
-            return
-        for remote in self.remotes:
-            yield remote.name, lambda r=remote: r.open(target.key)
-
-    def _promote(self, key, index, index_bytes, buf, faster: list[DiskTier]) -> list[str]:
-        done = []
-        nbytes = checkpoint_bytes(len(index_bytes), index)  # exactly what the copy writes
-        for disk in faster:
-            i = self.disks.index(disk)
-            if not disk.reserve(nbytes, self._droppable(i)):
+        promoted = [sink_tier.name] if streamed else []
+        buf = held.buf
+        for t in reversed(faster):
+            if t is sink_tier and streamed:
                 continue
-            try:
-                copy_buffer(index, index_bytes, buf, disk.path(key))
-            except CheckpointError:
-                disk.unreserve(nbytes)
-                continue  # a failed promotion costs speed later, not this load
-            disk.added(key, nbytes, reserved=nbytes)
-            done.append(disk.name)
-        return done
+            kept = t.keep(key, held, droppable=self._droppable(t))
+            if kept is not None:
+                buf = kept
+                promoted.append(t.name)
+        return held, buf, promoted
+
+    def _loaded(self, target: _Target, got, tier: str, device, start: float,
+                stats: LoadStats | None = None) -> Loaded:
+        held, buf, promoted = got
+        flat = host_to_cuda(buf, device) if device.type != "cpu" else as_tensor(buf)
+        tensors = views(held.index, flat)  # the storage keeps a cache lease alive
+        return Loaded(tensors, tier, target.key, held.index.total_bytes,
+                      time.perf_counter() - start, stats or LoadStats(), promoted, held.index)
+
+    def _outside(self, target: _Target):
+        """(source name, opener) of a checkpoint outside the tiers, or None."""
+        if target.path is not None:
+            return "path", lambda: _open_directory(target.path)
+        if target.url is not None:
+            return "url", lambda: open_packed(target.url)
+        return None
 
     # -- storing -------------------------------------------------------------------------
 
     def put(self, name: str, src, *, tier: str | None = None) -> str:
         """Store src (a checkpoint directory or a state dict) as name; the tier written.
 
-        tier: a disk or remote tier's name (default: the fastest disk tier). A DRAM entry of
-        the same name is discarded, so later loads see the new version. Raises
-        CheckpointError when the disk tier has no room even after evicting what slower tiers
-        also hold, ModelNameError for a bad name (names starting with URL_PREFIX are the
-        store's own, for models loaded by URL).
+        tier: a persistent tier's name (default: the fastest persistent tier the store may
+        evict from, a disk). Copies of name with another index in other tiers are older
+        versions and are removed, so later loads see the new one. Raises CheckpointError
+        when the tier has no room even after evicting what slower tiers also hold,
+        ModelNameError for a bad name (names starting with URL_PREFIX are the store's own,
+        for models loaded by URL), ValueError for a tier that takes no such src.
         """
         check_name(name, reserved=(URL_PREFIX,))
-        dest = self._tier(tier) if tier else (self.disks[0] if self.disks else None)
-        if dest is None or dest.kind == "dram":
-            raise ValueError("put needs a disk or remote tier")
+        dest = (self.tier(tier) if tier
+                else next((t for t in self.tiers if t.persistent and t.evictable), None))
+        if dest is None or not dest.persistent:
+            raise ValueError("put needs a persistent tier (a disk or remote tier)")
+        if isinstance(src, Mapping):
+            nbytes, write = _planned_bytes(src), (lambda path: save(src, path))
+        else:
+            write = resolve_dir(src)
+            nbytes = disk_bytes(write)
         with self._flight(name):  # no load of name runs while its versions change
-            if dest.kind == "remote":
-                if isinstance(src, Mapping):
-                    raise ValueError("put a state dict into a disk tier first, then upload its "
-                                     "directory to a remote tier")
-                dest.put(name, resolve_dir(src))
-            else:
-                self._put_disk(dest, name, src)
-            # a copy with another index is an older version: no later load may serve it
-            new_index = _index_file(resolve_dir(src) if dest.kind == "remote"
-                                    else dest.path(name))
-            if self.dram is not None:
-                self.dram.discard(name)
-            for disk in self.disks:
-                if (disk is not dest and disk.holds(name)
-                        and _index_file(disk.path(name)) != new_index):
-                    disk.remove(name)
+            dest.put(name, write, nbytes=nbytes, droppable=self._droppable(dest))
+            new_index = dest.index(name)
+            for t in self.tiers:
+                if t is not dest and t.evictable and t.holds(name) and _stale(t, name, new_index):
+                    t.remove(name, force=True)
         return dest.name
 
-    def _put_disk(self, dest, name: str, src) -> None:
-        droppable = self._droppable(self.disks.index(dest))
-        want = _planned_bytes(src) if isinstance(src, Mapping) else disk_bytes(resolve_dir(src))
-        if not dest.reserve(want, droppable):
-            raise _no_room(name, want, dest)
-        try:
-            if isinstance(src, Mapping):
-                save(src, dest.path(name))
-            else:
-                copy_dir(src, dest.path(name))
-            got = disk_bytes(dest.path(name))
-            if got > want:  # the plan fell short: charge what was written, or take it back
-                if not dest.reserve(got - want, droppable):
-                    dest.remove(name)
-                    raise _no_room(name, got, dest)
-                want = got
-        except BaseException:
-            dest.unreserve(want)
-            raise
-        dest.added(name, got, reserved=want)
-
-    def evict(self, model: str, tier: str | None = None) -> None:
-        """Drop the model from the DRAM tier (unless pinned) or from the named tier."""
+    def evict(self, model: str, tier: str | None = None) -> bool:
+        """Drop the model from the named tier, or from the caches (unless pinned); whether
+        it is gone. ValueError for a tier the store may not evict from (an origin)."""
         found = _target(model)
-        key = found.key
-        target = self._tier(tier) if tier else self.dram
-        if target is None or (found.path is not None and target.kind != "dram"):
-            return  # only the DRAM tier caches checkpoints outside the tiers
-        if target.kind == "dram":
-            target.evict(key)
-        elif target.kind == "disk":
-            target.remove(key)
-        else:
-            raise ValueError("the store does not delete from remote tiers")
+        targets = ([self.tier(tier)] if tier
+                   else [t for t in self.tiers if not t.persistent])
+        gone = True
+        for t in targets:
+            if not t.evictable:
+                raise ValueError(f"tier {t.name} is an origin: the store does not delete "
+                                 f"from it")
+            if _may_hold(t, found):
+                gone = t.remove(found.key) and gone
+        return gone
 
     # -- for the scheduler ---------------------------------------------------------------
 
     def locate(self, model: str | os.PathLike) -> list[str]:
         """Names of the tiers that hold the model, fastest first."""
         return [t.name for t in self._holders(_target(model))]
+
+    def index(self, model: str | os.PathLike) -> Index:
+        """The model's index (its metadata, tensors) from the fastest tier holding it,
+        without loading its data. NotACheckpointError when none does."""
+        return self._index(_target(model))
 
     def estimate_load_time(self, model: str | os.PathLike, device: str = "cpu", *,
                            nbytes: int | None = None, ntensors: int | None = None
@@ -302,34 +268,37 @@ class Store:
         ntensors = ntensors if ntensors is not None else max(1, nbytes >> 23)
         return {t.name: t.estimate(nbytes, ntensors, device) for t in self.tiers}
 
-    def _index(self, target: _Target):
+    def _index(self, target: _Target) -> Index:
+        for holder in self._holders(target):
+            try:
+                return holder.index(target.key)
+            except NotACheckpointError:
+                continue
         if target.path is not None:
             with open_source(target.path) as source:
                 return source.index
-        holder = next(self._holders(target), None)
-        if holder is not None:
-            return holder.index(target.key)
         raise NotACheckpointError(2, f"{target.key}: in none of the tiers", target.key)
 
     # -- internals -----------------------------------------------------------------------
 
-    def _holders(self, target: _Target) -> Iterator:
-        """The tiers holding target, fastest first (a path's checkpoint only in DRAM)."""
-        tiers = self.tiers
-        if target.path is not None:
-            tiers = [self.dram] if self.dram is not None else []
-        return (t for t in tiers if t.holds(target.key))
+    def _holders(self, target: _Target) -> Iterator[Tier]:
+        """The tiers holding target, fastest first."""
+        return (t for t in self.tiers if _may_hold(t, target) and t.holds(target.key))
 
-    def _tier(self, name: str):
+    def tier(self, name: str) -> Tier:
+        """The tier of that name (ValueError when there is none)."""
         for t in self.tiers:
             if t.name == name:
                 return t
         raise ValueError(f"no tier named {name!r}; tiers: {[t.name for t in self.tiers]}")
 
-    def _droppable(self, i: int) -> Callable[[str], bool]:
-        """Whether disk tier i may evict a key: a slower tier holds it, or its URL does, and
-        no load or put of that key is under way (its copy may be being published now)."""
-        slower = self.disks[i + 1:] + self.remotes
+    def _droppable(self, tier: Tier) -> Droppable:
+        """Whether tier may evict a key: no load or put of it is under way (its copy may be
+        being published now), and, when tier may hold the only copy, a slower tier holds it
+        or its URL does."""
+        slower = self.tiers[self.tiers.index(tier) + 1:]
+        if not tier.holds_only_copy:
+            return lambda key: not self._busy(key)
         return lambda key: (not self._busy(key)
                             and (key.startswith(URL_PREFIX) or any(t.holds(key) for t in slower)))
 
@@ -344,6 +313,37 @@ class Store:
             lock = self._flights.setdefault(key, threading.Lock())
         with lock:
             yield
+
+
+def _rank(tier: Tier) -> int:
+    """Where a tier may stand: caches, then evictable persistent tiers, then origins."""
+    if not tier.persistent:
+        return 0
+    return 1 if tier.evictable else 2
+
+
+def _may_hold(tier: Tier, target: _Target) -> bool:
+    """A checkpoint directory outside the tiers is cached only where copies die with the
+    process (a persistent copy of a local path is no faster than the path); a URL's copies
+    go into any tier the store may evict from."""
+    if target.path is not None:
+        return not tier.persistent
+    if target.url is not None:
+        return tier.evictable
+    return True
+
+
+def _stale(tier: Tier, name: str, index: Index) -> bool:
+    try:
+        return tier.index(name) != index
+    except NotACheckpointError:
+        return False
+
+
+@contextmanager
+def _open_directory(path: str):
+    with open_source(path) as source:
+        yield DirectoryReader(source)
 
 
 def _target(model) -> _Target:
@@ -365,18 +365,6 @@ def _target(model) -> _Target:
             version = ""
         return _Target(f"{PATH_KEY}{path}{version}", path=path)
     return _Target(check_name(model))
-
-
-def _index_file(directory: str) -> bytes:
-    """The bytes of a checkpoint directory's index file (bounded, never through a link)."""
-    return read_regular(os.path.join(directory, INDEX_FILE), HEADER_SIZE + MAX_INDEX_BYTES,
-                        missing=NotACheckpointError)
-
-
-def _no_room(name: str, nbytes: int, disk: DiskTier) -> CheckpointError:
-    return CheckpointError(f"{name}: {nbytes} bytes do not fit in tier {disk.name} "
-                           f"({disk.used} of {disk.capacity} used by checkpoints no slower "
-                           f"tier holds)")
 
 
 def _planned_bytes(state: Mapping) -> int:

@@ -102,7 +102,7 @@ def save(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *,
     """Save a state dict as a checkpoint directory at path, atomically; returns its index.
 
     Tensors are stored in the mapping's order (the load order). options: alignment,
-    chunk_size, partition_size (see Writer). progress(done_bytes, total_bytes) after each
+    chunk_size, partition_size, wait, ns (see Writer). progress(done_bytes, total_bytes) after each
     tensor.
     """
     if not isinstance(state_dict, Mapping):

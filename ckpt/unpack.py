@@ -15,9 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import queue
-import shutil
 import threading
 
+from bas.namespace import Namespace, local
 from ckpt import atomic
 from ckpt.errors import CheckpointIOError, NotACheckpointError, PartitionSizeError
 from ckpt.format import HEADER_SIZE, INDEX_FILE, MAX_INDEX_BYTES, Index
@@ -38,14 +38,17 @@ class Unpacker:
     """A checkpoint being written at path from its index and chunks; commit() publishes it.
 
     Not thread-safe: one producer calls begin, chunk (in any order) and commit or abort.
+    ns: the bas.namespace.Namespace names go through (the local file system by default).
     """
 
-    def __init__(self, path: str | os.PathLike, *, wait: bool = True):
+    def __init__(self, path: str | os.PathLike, *, wait: bool = True,
+                 ns: Namespace | None = None):
         self.path = os.path.abspath(os.fspath(path))
-        self._lock = atomic.lock(self.path, wait)  # one saver per path, recovery to publish
+        self._ns = ns = local(ns)
+        self._lock = atomic.lock(self.path, wait, ns)  # one saver per path, recovery to publish
         try:
-            atomic.recover(self.path, index_ok)  # leftovers of an earlier crash
-            self.tmp, self._token = atomic.temp_dir(self.path)
+            atomic.recover(self.path, index_ok, ns)  # leftovers of an earlier crash
+            self.tmp, self._token = atomic.temp_dir(self.path, ns)
         except BaseException:
             self._lock.release()
             raise
@@ -60,11 +63,11 @@ class Unpacker:
     def begin(self, index_bytes: bytes, index: Index) -> None:
         """Write the index file and create the partition files at their final sizes."""
         self.index = index
-        _write_file(os.path.join(self.tmp, INDEX_FILE), index_bytes)
+        _write_file(os.path.join(self.tmp, INDEX_FILE), index_bytes, self._ns)
         for p in index.partitions:
             full = os.path.join(self.tmp, p.file)
             try:
-                fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = self._ns.create(full, mode=0o644)
             except OSError as exc:
                 raise CheckpointIOError(exc.errno, f"creating {full} failed: "
                                         f"{exc.strerror}") from exc
@@ -97,9 +100,9 @@ class Unpacker:
             raise PartitionSizeError(f"{self.path}: {self._written} of {want} bytes arrived")
         try:
             for fd, p in zip(self._fds, self.index.partitions, strict=True):
-                atomic.fsync_fd(fd, f"{self.tmp}/{p.file}")
+                atomic.fsync_fd(fd, f"{self.tmp}/{p.file}", self._ns)
             self._close_files()
-            atomic.commit_dir(self.tmp, self.path, self._token)
+            atomic.commit_dir(self.tmp, self.path, self._token, self._ns)
         except BaseException:
             self.abort()
             raise
@@ -114,7 +117,7 @@ class Unpacker:
         try:
             self._finish_writer()
             self._close_files()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            _discard(self.tmp, self._ns)
         finally:
             self._lock.release()
 
@@ -148,9 +151,10 @@ class Unpacker:
             os.close(self._fds.pop())
 
 
-def copy_buffer(index: Index, index_bytes: bytes, buf, path: str | os.PathLike) -> None:
+def copy_buffer(index: Index, index_bytes: bytes, buf, path: str | os.PathLike, *,
+                ns: Namespace | None = None) -> None:
     """Write a checkpoint held in memory (index + all partitions back to back) at path."""
-    with Unpacker(path) as out:
+    with Unpacker(path, ns=ns) as out:
         out.begin(index_bytes, index)
         view = memoryview(buf).cast("B")
         for i, base in enumerate(index.partition_bases()):
@@ -161,7 +165,8 @@ def copy_buffer(index: Index, index_bytes: bytes, buf, path: str | os.PathLike) 
         out.commit()
 
 
-def copy_dir(src: str | os.PathLike, path: str | os.PathLike) -> None:
+def copy_dir(src: str | os.PathLike, path: str | os.PathLike, *,
+             ns: Namespace | None = None) -> None:
     """Copy the checkpoint directory src to path: every chunk verified, published atomically.
 
     The files of src are opened relative to its directory, never through a link and never
@@ -171,6 +176,7 @@ def copy_dir(src: str | os.PathLike, path: str | os.PathLike) -> None:
     """
     src_dir = resolve_dir(src)
     path = os.path.abspath(os.fspath(path))
+    ns = local(ns)
     try:
         src_fd = os.open(src_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
@@ -179,23 +185,24 @@ def copy_dir(src: str | os.PathLike, path: str | os.PathLike) -> None:
         index = read_index(src_dir, dir_fd=src_fd)  # the typed errors of a bad index
         index_bytes = read_regular(INDEX_FILE, HEADER_SIZE + MAX_INDEX_BYTES, dir_fd=src_fd,
                                    what=f"{src_dir}/{INDEX_FILE}", missing=NotACheckpointError)
-        with atomic.lock(path):  # one saver per path, from recovery to publish
-            atomic.recover(path, index_ok)
-            tmp, token = atomic.temp_dir(path)
+        with atomic.lock(path, ns=ns):  # one saver per path, from recovery to publish
+            atomic.recover(path, index_ok, ns)
+            tmp, token = atomic.temp_dir(path, ns)
             try:
-                _write_file(os.path.join(tmp, INDEX_FILE), index_bytes)
+                _write_file(os.path.join(tmp, INDEX_FILE), index_bytes, ns)
                 for p in index.partitions:
-                    _copy_partition(p.file, p.size, src_fd, src_dir, tmp)
+                    _copy_partition(p.file, p.size, src_fd, src_dir, tmp, ns)
                 verify(tmp)  # also catches an index that changed between its two reads
-                atomic.commit_dir(tmp, path, token)
+                atomic.commit_dir(tmp, path, token, ns)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                _discard(tmp, ns)
                 raise
     finally:
         os.close(src_fd)
 
 
-def _copy_partition(name: str, size: int, src_fd: int, src_dir: str, tmp: str) -> None:
+def _copy_partition(name: str, size: int, src_fd: int, src_dir: str, tmp: str,
+                    ns: Namespace) -> None:
     """Copy exactly size bytes of the regular file name in src_fd's directory into tmp."""
     what = f"{src_dir}/{name}"
     fd_in = open_regular(name, dir_fd=src_fd, what=what)
@@ -205,13 +212,13 @@ def _copy_partition(name: str, size: int, src_fd: int, src_dir: str, tmp: str) -
             raise PartitionSizeError(f"{what}: {have} bytes, the index says {size}")
         target = os.path.join(tmp, name)
         try:
-            fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd_out = ns.create(target, mode=0o644)
         except OSError as exc:
             raise CheckpointIOError(exc.errno, f"creating {target} failed: "
                                     f"{exc.strerror}") from exc
         try:
             _copy_bytes(fd_in, fd_out, size, what)
-            atomic.fsync_fd(fd_out, target)
+            atomic.fsync_fd(fd_out, target, ns)
         finally:
             os.close(fd_out)
     finally:
@@ -256,13 +263,22 @@ def _pwrite_all(fd: int, view: memoryview, offset: int, what: str) -> None:
         done += n
 
 
-def _write_file(path: str, data: bytes) -> None:
+def _write_file(path: str, data: bytes, ns: Namespace) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = ns.create(path, mode=0o644)
     except OSError as exc:
         raise CheckpointIOError(exc.errno, f"creating {path} failed: {exc.strerror}") from exc
     try:
         _pwrite_all(fd, memoryview(data), 0, path)
-        atomic.fsync_fd(fd, path)
+        atomic.fsync_fd(fd, path, ns)
     finally:
         os.close(fd)
+
+
+def _discard(tmp: str, ns: Namespace) -> None:
+    """Remove a copy that will not be published; best effort, as the error that stopped it
+    is the one to report (recover deletes what is left before the next save)."""
+    try:
+        ns.remove_tree(tmp)
+    except OSError:
+        pass

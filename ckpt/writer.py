@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 import os
 
+from bas.namespace import Namespace, local
 from ckpt import atomic, validate
 from ckpt.crc import crc32
 from ckpt.errors import (
@@ -43,8 +44,9 @@ _ZEROS = bytes(1 << 16)
 class _PartitionFile:
     """One partition being written: position, running chunk checksums, checked writes."""
 
-    def __init__(self, directory: str, name: str, chunk_size: int):
+    def __init__(self, directory: str, name: str, chunk_size: int, ns: Namespace):
         self.name = name
+        self._ns = ns
         self.path = os.path.join(directory, name)
         self.pos = 0
         self._chunk_size = chunk_size
@@ -52,8 +54,7 @@ class _PartitionFile:
         self._crc = 0
         self.crcs: list[int] = []
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                               0o644)
+            self._fd = ns.create(self.path, mode=0o644)
         except OSError as exc:
             raise CheckpointIOError(exc.errno, f"creating {self.path} failed: "
                                     f"{exc.strerror}") from exc
@@ -84,7 +85,7 @@ class _PartitionFile:
             self.crcs.append(self._crc)
             self._fill = self._crc = 0
         try:
-            atomic.fsync_fd(self._fd, self.path)
+            atomic.fsync_fd(self._fd, self.path, self._ns)
         finally:
             self.close()
         return Partition(self.name, self.pos, tuple(self.crcs))
@@ -110,7 +111,8 @@ class Writer:
     """Write a checkpoint directory at `path`; visible only after commit() (or a clean `with`).
 
     Holds the path's save lock from creation to commit/abort: a second Writer of the same path
-    waits for it (wait=False: SaveInProgressError at once).
+    waits for it (wait=False: SaveInProgressError at once). ns: the bas.namespace.Namespace
+    that every name is created, published and removed through (the local file system).
 
         with Writer(path) as w:
             w.add("w", "float32", (2, 3), data)   # data: bytes-like, or an iterable of them
@@ -120,8 +122,10 @@ class Writer:
     def __init__(self, path: str | os.PathLike, *, alignment: int = DEFAULT_ALIGNMENT,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
                  partition_size: int = DEFAULT_PARTITION_SIZE,
-                 metadata: dict[str, str] | None = None, wait: bool = True):
+                 metadata: dict[str, str] | None = None, wait: bool = True,
+                 ns: Namespace | None = None):
         self.path = os.path.abspath(os.fspath(path))
+        self._ns = local(ns)
         self._config = Index(alignment, chunk_size, metadata=dict(metadata or {}))
         self._config.validate(self.path)  # checks alignment and chunk size early
         if partition_size < BLOCK:
@@ -134,14 +138,14 @@ class Writer:
         self._current: _PartitionFile | None = None
         self.index: Index | None = None  # set by commit()
         # one saver per path from recovery to publish; wait=False: SaveInProgressError
-        self._lock = atomic.lock(self.path, wait)
+        self._lock = atomic.lock(self.path, wait, self._ns)
         try:
-            atomic.recover(self.path, index_ok)
+            atomic.recover(self.path, index_ok, self._ns)
             if os.path.lexists(self.path) and not os.path.isfile(os.path.join(self.path,
                                                                               INDEX_FILE)):
                 raise CheckpointError(f"{self.path} exists and is not a checkpoint: refusing "
                                       f"to replace it")
-            self._tmp, self._token = atomic.temp_dir(self.path)
+            self._tmp, self._token = atomic.temp_dir(self.path, self._ns)
         except BaseException:
             self._lock.release()
             raise
@@ -203,11 +207,11 @@ class Writer:
                           dict(self._aliases), dict(c.metadata))
             data = index.encode()  # runs the validator
             Index.decode(data, self.path)  # the reader's own gate, on the very bytes to publish
-            part = _PartitionFile(self._tmp, INDEX_FILE, c.chunk_size)  # checked writes
+            part = _PartitionFile(self._tmp, INDEX_FILE, c.chunk_size, self._ns)  # checked
             part.write(data)
-            atomic.fsync_fd(part._fd, part.path)
+            atomic.fsync_fd(part._fd, part.path, self._ns)
             part.close()
-            atomic.commit_dir(self._tmp, self.path, self._token)
+            atomic.commit_dir(self._tmp, self.path, self._token, self._ns)
         except BaseException:
             self.abort()
             raise
@@ -225,7 +229,7 @@ class Writer:
             if self._current is not None:
                 self._current.close()
             if os.path.isdir(self._tmp):
-                atomic._remove_tree(self._tmp)
+                atomic._remove_tree(self._tmp, self._ns)
         finally:
             self._lock.release()
 
@@ -252,7 +256,8 @@ class Writer:
             part = None
         if part is None:
             name = partition_file_name(len(self._parts))
-            part = self._current = _PartitionFile(self._tmp, name, self._config.chunk_size)
+            part = self._current = _PartitionFile(self._tmp, name, self._config.chunk_size,
+                                                  self._ns)
         return part
 
     def _check_open(self) -> None:

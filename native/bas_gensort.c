@@ -2,18 +2,17 @@
 /* bas_gensort.c -- gensort 1.5 records from the 128-bit LCG, and valsort's checks, on threads */
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <zlib.h>
 
 #include "bas_gensort.h"
+#include "bas_threads.h"
 
 #define REC 100
 #define KEY 10
 #define BLOCK 256		/* records made per refill of the random-number window */
 #define SKEW_KEYS 129		/* skew_index(r) is the bit length of r: 0 .. 128 */
-#define MAX_THREADS 256
 
 typedef unsigned __int128 u128;
 
@@ -196,11 +195,11 @@ make_record(uint8_t *p, const struct gen_job *job, u128 r, const u128 *x)
 		put_top10(p + KEY * i, x[i] ^ K[i]);
 }
 
-/* run_gen -- worker body: one slice of records, refilling the window BLOCK records at a time */
-static void *
-run_gen(void *arg)
+/* run_gen -- task body: slice t of records, refilling the window BLOCK records at a time */
+static int
+run_gen(void *ctx, int t)
 {
-	struct gen_slice *s = arg;
+	struct gen_slice *s = (struct gen_slice *)ctx + t;
 	const struct gen_job *job = s->job;
 	u128 x[BLOCK + 9];
 	u128 sum = 0;
@@ -224,32 +223,15 @@ run_gen(void *arg)
 		left -= m;
 	}
 	s->sum = sum;
-	return NULL;
+	return 0;
 }
 
-/* run_threads -- call fn on slices[0 .. threads), the first on this thread */
-static void
-run_threads(void *(*fn)(void *), void *slices, size_t size, int threads)
-{
-	pthread_t tids[MAX_THREADS];
-	for (int t = 1; t < threads; t++)
-		if (pthread_create(&tids[t], NULL, fn, (char *)slices + size * t)) {
-			/* no thread to spare: run this slice here */
-			fn((char *)slices + size * t);
-			tids[t] = 0;
-		}
-	fn(slices);
-	for (int t = 1; t < threads; t++)
-		if (tids[t])
-			pthread_join(tids[t], NULL);
-}
-
-/* clamp_threads -- 1 .. min(MAX_THREADS, n) */
+/* clamp_threads -- 1 .. min(BAS_MAX_THREADS, n) */
 static int
 clamp_threads(int threads, uint64_t n)
 {
-	if (threads > MAX_THREADS)
-		threads = MAX_THREADS;
+	if (threads > BAS_MAX_THREADS)
+		threads = BAS_MAX_THREADS;
 	if ((uint64_t)threads > n)
 		threads = (int)n;
 	return threads < 1 ? 1 : threads;
@@ -289,13 +271,13 @@ bas_gensort_generate(uint8_t *buf, uint64_t start_hi, uint64_t start_lo, uint64_
 	}
 
 	threads = clamp_threads(threads, n);
-	struct gen_slice slices[MAX_THREADS];
+	struct gen_slice slices[BAS_MAX_THREADS];
 	for (int t = 0; t < threads; t++) {
 		uint64_t lo = (uint64_t)((u128)n * (uint64_t)t / (uint64_t)threads);
 		uint64_t hi = (uint64_t)((u128)n * (uint64_t)(t + 1) / (uint64_t)threads);
 		slices[t] = (struct gen_slice){ &job, buf + lo * REC, start + lo, hi - lo, 0 };
 	}
-	run_threads(run_gen, slices, sizeof(slices[0]), threads);
+	(void)bas_fanout(threads, run_gen, slices);	/* the tasks cannot fail */
 
 	u128 sum = 0;
 	for (int t = 0; t < threads; t++)
@@ -307,11 +289,11 @@ bas_gensort_generate(uint8_t *buf, uint64_t start_hi, uint64_t start_lo, uint64_
 	return 0;
 }
 
-/* run_scan -- worker body: count, checksum and compare the keys of one run */
-static void *
-run_scan(void *arg)
+/* run_scan -- task body: count, checksum and compare the keys of run t */
+static int
+run_scan(void *ctx, int t)
 {
-	struct scan_slice *s = arg;
+	struct scan_slice *s = (struct scan_slice *)ctx + t;
 	struct bas_valsort_part *part = &s->part;
 	const uint8_t *p = s->buf;
 	u128 sum = 0;
@@ -336,7 +318,7 @@ run_scan(void *arg)
 		memcpy(part->first, s->buf, REC);
 		memcpy(part->last, p - REC, REC);
 	}
-	return NULL;
+	return 0;
 }
 
 /* bas_valsort_scan -- validate runs of buf on threads, then join their parts in order */
@@ -346,14 +328,14 @@ bas_valsort_scan(const uint8_t *buf, uint64_t n, int threads, struct bas_valsort
 	if (!out || (n && !buf))
 		return -EINVAL;
 	threads = clamp_threads(threads, n);
-	struct scan_slice slices[MAX_THREADS];
+	struct scan_slice slices[BAS_MAX_THREADS];
 	for (int t = 0; t < threads; t++) {
 		uint64_t lo = (uint64_t)((u128)n * (uint64_t)t / (uint64_t)threads);
 		uint64_t hi = (uint64_t)((u128)n * (uint64_t)(t + 1) / (uint64_t)threads);
 		slices[t].buf = buf + lo * REC;
 		slices[t].n = hi - lo;
 	}
-	run_threads(run_scan, slices, sizeof(slices[0]), threads);
+	(void)bas_fanout(threads, run_scan, slices);	/* the tasks cannot fail */
 
 	*out = slices[0].part;
 	for (int t = 1; t < threads; t++)

@@ -6,7 +6,8 @@
  * Record numbers are 128-bit and travel as (hi, lo) halves; so do checksums, the sum of the
  * records' zlib CRC-32 values. Every function returns 0 on success or a negative errno.
  * threads is the number of worker threads (1 = the calling thread only); it is capped at the
- * record count and at 256 (bas_max_threads()). The caller (bas/native.py) checks buffer sizes.
+ * record count and at 256 (bas_max_threads()). The caller (bas/_native/gensort.py) checks
+ * buffer sizes.
  */
 
 /* bas_valsort_part -- what valsort knows of a run of consecutive records */

@@ -16,8 +16,8 @@
 #include <zlib.h>
 
 #include "bas_io.h"
+#include "bas_threads.h"
 
-#define BAS_MAX_THREADS 256
 #define BAS_BOUNCE_BYTES (1u << 20)
 #define BAS_PREFETCH_AHEAD 8
 
@@ -49,7 +49,7 @@ struct bas_slice {
  * SIGBUS guard. A mapping of a file that someone else truncates faults with SIGBUS on the
  * pages past the new end; without a guard that kills the interpreter. While a worker copies
  * to or from a mapping, guard_jmp points at its jump buffer and the handler jumps back into
- * run_slice, which fails the request with -EIO. A SIGBUS outside a guarded copy goes once to
+ * guarded_slice, which fails the request with -EIO. A SIGBUS outside a guarded copy goes once to
  * the handler that was there before (Python's faulthandler, or the default: a core dump);
  * should that handler hand it back (faulthandler, enabled after us, saved us as its own
  * "previous"), the second one dies the default way instead of ping-ponging forever.
@@ -366,11 +366,11 @@ guarded_slice(struct bas_slice *s)
 	guard_jmp = NULL;
 }
 
-/* run_slice -- worker body: move requests [lo, hi) */
-static void *
-run_slice(void *arg)
+/* run_slice -- task body: move requests [lo, hi) of slice t of the slices at ctx */
+static int
+run_slice(void *ctx, int t)
 {
-	struct bas_slice *s = arg;
+	struct bas_slice *s = (struct bas_slice *)ctx + t;
 	const struct bas_job *job = s->job;
 	uint8_t *bounce = NULL;
 	uint64_t pos = s->pos;
@@ -379,12 +379,12 @@ run_slice(void *arg)
 
 	if (job->kind == MEM_GATHER || job->kind == MEM_SCATTER) {
 		guarded_slice(s);
-		return NULL;
+		return s->rc;
 	}
 	if (job->fd_direct >= 0) {
 		if (posix_memalign((void **)&bounce, job->align, BAS_BOUNCE_BYTES)) {
 			s->rc = -ENOMEM;
-			return NULL;
+			return s->rc;
 		}
 	}
 	for (uint64_t i = s->lo; i < s->hi; i++) {
@@ -395,10 +395,10 @@ run_slice(void *arg)
 		pos += len;
 	}
 	free(bounce);
-	return NULL;
+	return s->rc;
 }
 
-/* run_job -- split the requests into byte-balanced slices and run them on threads */
+/* run_job -- split the requests into byte-balanced slices and run them with bas_fanout */
 static int
 run_job(const struct bas_job *job, uint64_t n, int threads, uint64_t *cached)
 {
@@ -417,7 +417,6 @@ run_job(const struct bas_job *job, uint64_t n, int threads, uint64_t *cached)
 			total += job->lengths[i];
 
 	struct bas_slice slices[BAS_MAX_THREADS];
-	pthread_t tids[BAS_MAX_THREADS];
 	uint64_t i = 0, pos = 0;
 	for (int t = 0; t < threads; t++) {
 		/* slice t ends where the bytes moved reach total * (t + 1) / threads */
@@ -432,24 +431,10 @@ run_job(const struct bas_job *job, uint64_t n, int threads, uint64_t *cached)
 		slices[t].hi = i;
 	}
 
-	int rc = 0;
-	for (int t = 1; t < threads; t++) {
-		if (pthread_create(&tids[t], NULL, run_slice, &slices[t])) {
-			/* no thread to spare: run this slice here */
-			run_slice(&slices[t]);
-			tids[t] = 0;
-		}
-	}
-	run_slice(&slices[0]);
-	for (int t = 1; t < threads; t++)
-		if (tids[t])
-			pthread_join(tids[t], NULL);
-	for (int t = 0; t < threads; t++) {
-		if (slices[t].rc && !rc)
-			rc = slices[t].rc;
-		if (cached != NULL)
+	int rc = bas_fanout(threads, run_slice, slices);
+	if (cached != NULL)
+		for (int t = 0; t < threads; t++)
 			*cached += slices[t].cached;
-	}
 	return rc;
 }
 
@@ -516,6 +501,7 @@ bas_max_threads(void)
 	return BAS_MAX_THREADS;
 }
 
+/* bas_crc32 -- zlib CRC-32 of len bytes, continuing from crc */
 uint32_t
 bas_crc32(uint32_t crc, const uint8_t *buf, uint64_t len)
 {

@@ -7,7 +7,7 @@
  * buf + sum(length[0..i-1]): pieces are packed back to back.
  * When uniform_len is non-zero, lengths may be NULL and every piece has that length.
  * threads is the number of worker threads (1 = the calling thread only).
- * The caller (bas/native.py) checks every bound before calling.
+ * The caller (bas/_native/io.py) checks every bound before calling.
  */
 
 /* bas_mem_gather -- copy pieces of a mapped region into one packed buffer */
@@ -41,7 +41,7 @@ int bas_fd_gather_cached(int fd_buffered, int fd_direct, uint64_t align, uint64_
 		const uint64_t *offsets, const uint64_t *lengths, uint64_t uniform_len,
 		uint64_t n, uint8_t *out, int threads, uint64_t *cached);
 
-/* bas_max_threads -- the most worker threads one call may start */
+/* bas_max_threads -- the most worker threads one call of any kernel may start (bas_threads.h) */
 int bas_max_threads(void);
 
 /* bas_crc32 -- zlib CRC-32 of len bytes, continuing from crc */

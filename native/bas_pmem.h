@@ -8,7 +8,7 @@
  * pointers. The functions never abort the process on misuse that they can see:
  * transaction calls check pmemobj_tx_stage() first and return -EINPROGRESS
  * (a transaction is working) or -ENOTCONN (wrong stage / none) instead of
- * reaching PMDK's FATAL(). The Python wrapper (bas/_pmemobj.py) tracks the same
+ * reaching PMDK's FATAL(). The Python wrapper (bas/_native/pmem.py) tracks the same
  * state and refuses misuse before calling; this is the second line of defence.
  * Transactions are thread-local in PMDK: every tx call must come from the thread
  * that called bas_pmem_tx_begin.

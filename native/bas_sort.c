@@ -9,9 +9,10 @@
 #include <string.h>
 
 #include "bas_sort.h"
+#include "bas_threads.h"
 
 #define INDEX_BYTES 6
-#define MAX_THREADS 64
+#define SORT_MAX_THREADS 64	/* below BAS_MAX_THREADS: each thread has a 512 KiB histogram */
 #define INSERTION_CUTOFF 32
 #define TOP_BUCKETS 65536
 #define MAX_ENTRY 512
@@ -50,57 +51,42 @@ get_index(const uint8_t *src)
 	return idx;
 }
 
-/* -- a tiny parallel-for: run fn over [0, n) split in contiguous slices ---------------- */
+/* -- a parallel for on bas_fanout: run fn over [0, n) split in contiguous slices --------- */
 
 struct pfor {
 	void (*fn)(void *ctx, uint64_t lo, uint64_t hi, int t);
 	void *ctx;
-	uint64_t lo, hi;
-	int t;
+	uint64_t n;
+	int threads;
 };
 
-/* pfor_run -- thread body of the parallel for: run one slice */
-static void *
-pfor_run(void *arg)
+/* pfor_task -- bas_fanout task: run slice t of the parallel for */
+static int
+pfor_task(void *arg, int t)
 {
-	struct pfor *p = arg;
-	p->fn(p->ctx, p->lo, p->hi, p->t);
-	return NULL;
+	const struct pfor *p = arg;
+	uint64_t lo = p->n * (uint64_t)t / (uint64_t)p->threads;
+	uint64_t hi = p->n * (uint64_t)(t + 1) / (uint64_t)p->threads;
+	p->fn(p->ctx, lo, hi, t);
+	return 0;
 }
 
-/* parallel_for -- split [0, n) into `threads` slices; slice t runs on thread t */
+/* parallel_for -- split [0, n) into `threads` slices; slice t runs as bas_fanout slot t */
 static void
 parallel_for(uint64_t n, int threads, void (*fn)(void *, uint64_t, uint64_t, int), void *ctx)
 {
-	struct pfor parts[MAX_THREADS];
-	pthread_t tids[MAX_THREADS];
-	int started[MAX_THREADS] = {0};
-	for (int t = 0; t < threads; t++) {
-		parts[t].fn = fn;
-		parts[t].ctx = ctx;
-		parts[t].lo = n * (uint64_t)t / (uint64_t)threads;
-		parts[t].hi = n * (uint64_t)(t + 1) / (uint64_t)threads;
-		parts[t].t = t;
-	}
-	for (int t = 1; t < threads; t++)
-		started[t] = pthread_create(&tids[t], NULL, pfor_run, &parts[t]) == 0;
-	pfor_run(&parts[0]);
-	for (int t = 1; t < threads; t++) {
-		if (started[t])
-			pthread_join(tids[t], NULL);
-		else
-			pfor_run(&parts[t]);	/* no thread to spare: run it here */
-	}
+	struct pfor p = { fn, ctx, n, threads };
+	(void)bas_fanout(threads, pfor_task, &p);	/* the tasks cannot fail */
 }
 
-/* clamp_threads -- threads worth starting for n items (1..MAX_THREADS, 1 for small n) */
+/* clamp_threads -- threads worth starting for n items (1..SORT_MAX_THREADS, 1 for small n) */
 static int
 clamp_threads(int threads, uint64_t n)
 {
 	if (threads < 1)
 		threads = 1;
-	if (threads > MAX_THREADS)
-		threads = MAX_THREADS;
+	if (threads > SORT_MAX_THREADS)
+		threads = SORT_MAX_THREADS;
 	if (n < 4096)
 		threads = 1;	/* not worth a thread */
 	return threads;
@@ -240,6 +226,7 @@ struct radix_ctx {
 	pthread_mutex_t lock;
 };
 
+/* top16 -- the entry's first two bytes as one bucket number (one byte: shifted up) */
 static inline unsigned
 top16(const uint8_t *e, uint64_t es)
 {

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """cffi builders for the native kernels (out-of-line API mode).
 
-`ffibuilder` is the core extension `bas._bas_native` (I/O gather/scatter, checksums and the
-kernels later issues add); `pmem_ffibuilder` is `bas._bas_pmem`, linked against PMDK's
+`ffibuilder` is the core extension `bas._bas_native`: the io, sort and gensort areas (I/O
+gather/scatter and checksums, sort kernels, gensort/valsort) on one shared thread fan-out
+(bas_threads.c); bas/_native/ imports it once and binds each area in its own module.
+`pmem_ffibuilder` is `bas._bas_pmem` (bound by bas/_native/pmem.py), linked against PMDK's
 libpmemobj and kept separate so that the rest of bas works where PMDK is not installed.
 Build switches are environment variables read here and nowhere else:
   BAS_NO_PMEM=1       skip the libpmemobj extension
@@ -18,8 +20,8 @@ import platform
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-CORE_SOURCES = ["bas_io.c", "bas_gensort.c", "bas_sort.c"]
-CORE_HEADERS = ["bas_io.h", "bas_gensort.h", "bas_sort.h"]
+CORE_SOURCES = ["bas_threads.c", "bas_io.c", "bas_gensort.c", "bas_sort.c"]
+CORE_HEADERS = ["bas_io.h", "bas_gensort.h", "bas_sort.h"]  # the cdef: bas_threads.h is internal
 
 
 DEBUG = os.environ.get("BAS_NATIVE_DEBUG", "") in ("1", "true", "yes")

@@ -101,7 +101,7 @@ def _dram(ctx, data, expected, dev):
     path = os.path.join(data, "model.ckpt")
     room = ckpt.read_index(path).total_bytes + _SLACK
     store = ckpt.Store([ckpt.DramTier(room, pool=ckpt.HostPool(room))])
-    assert store.dram.pool.pin, "the DRAM tier's pool is not pinned with CUDA present"
+    assert store.tiers[0].pool.pin, "the DRAM tier's pool is not pinned with CUDA present"
     first = store.load(path)  # untimed: from disk into the DRAM tier
     del first  # no tensor of it lives on: the entry is cached, not pinned
 

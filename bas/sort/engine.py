@@ -16,6 +16,7 @@ from bas import open_device
 from bas.device import Device
 from bas.errors import DeviceIOError
 from bas.memory import MemoryInfo
+from bas.namespace import Namespace, local, publish
 from bas.registry import DeviceURL, parse_size
 from bas.sort.passes import Job, kv_in_memory
 from bas.sort.plan import make_plan
@@ -32,7 +33,8 @@ SCHEDULES = ("staged", "piped", "rsw")
 def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offset: int = 0,
          memory_budget: int | str = "1G", threads: int | dict | None = None,
          algorithm: str = "auto", schedule: str = "staged", profile=None, scratch=None,
-         progress=None, memory: MemoryInfo | None = None) -> SortReport:
+         progress=None, memory: MemoryInfo | None = None,
+         ns: Namespace | None = None) -> SortReport:
     """Sort fixed-size records by the bytes [key_offset, key_offset + key_size) (memcmp order).
 
     input/output: a Device, a device URL or a path. A path output is created atomically.
@@ -50,6 +52,7 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
     progress: callable(phase_name, done, total).
     memory: the memory facts to plan with (bas.memory.MemoryInfo); None reads this process's
       cgroup limits, available memory and the input's page-cache residency.
+    ns: the bas.namespace.Namespace a path output is published through (the local one).
     Returns a SortReport. Raises ValueError for bad arguments, DeviceIOError for I/O errors.
     """
     if schedule not in SCHEDULES:
@@ -70,7 +73,7 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
             profile = Profile.from_preset(src.preset)
         plan = make_plan(src, n, record_size, key_size, budget, threads, algorithm, profile,
                          schedule, memory)
-        dst, publish, own_dst = _open_output(output, src)
+        dst, publish, own_dst = _open_output(output, src, local(ns))
         report = SortReport(plan.algorithm, plan.reason, schedule, n, record_size, key_size,
                             key_offset, plan.budget,
                             threads={"read": plan.read_threads, "write": plan.write_threads,
@@ -125,26 +128,22 @@ def _open_input(target) -> tuple[Device, bool]:
 class _Publisher:
     """Renames a finished temporary output over its final name (or removes it)."""
 
-    def __init__(self, device: Device, tmp_path: str, final_path: str):
+    def __init__(self, device: Device, tmp_path: str, final_path: str, ns: Namespace):
         self.device, self.tmp_path, self.final_path = device, tmp_path, final_path
+        self.ns = ns
 
     def __call__(self) -> None:
         self.device.close()
-        os.rename(self.tmp_path, self.final_path)
-        fd = os.open(os.path.dirname(self.final_path), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        publish(self.tmp_path, self.final_path, ns=self.ns)
 
     def abort(self) -> None:
         if not self.device.closed:
             self.device.close()
         if os.path.exists(self.tmp_path):
-            os.unlink(self.tmp_path)
+            self.ns.remove(self.tmp_path)
 
 
-def _open_output(target, src: Device):
+def _open_output(target, src: Device, ns: Namespace):
     """(device, publisher or None, whether the engine opened the device itself)."""
     if isinstance(target, Device):
         if target is src:
@@ -160,7 +159,7 @@ def _open_output(target, src: Device):
         if url.scheme != "file":  # another device: written in place, it cannot be renamed
             dev = open_device(text)
             try:
-                return _open_output(dev, src)[0], None, True
+                return _open_output(dev, src, ns)[0], None, True
             except BaseException:
                 dev.close()
                 raise
@@ -176,16 +175,16 @@ def _open_output(target, src: Device):
         raise FileNotFoundError(f"output directory {directory} does not exist")
     tmp_path = os.path.join(directory, f".{os.path.basename(path)}.sorting-{secrets.token_hex(4)}")
     if not src.size:
-        open(tmp_path, "wb").close()
-        return _EmptyOutput(), _Publisher(_EmptyOutput(), tmp_path, path), False
+        os.close(ns.create(tmp_path))
+        return _EmptyOutput(), _Publisher(_EmptyOutput(), tmp_path, path, ns), False
     try:
         dst = open_device(tmp_path, size=src.size, **options)
     except DeviceIOError as exc:
         if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
+            ns.remove(tmp_path)
         raise DeviceIOError(exc.errno, f"cannot create the {src.size}-byte output next to "
                             f"{path}: {exc.strerror}") from exc
-    return dst, _Publisher(dst, tmp_path, path), False
+    return dst, _Publisher(dst, tmp_path, path, ns), False
 
 
 class _EmptyOutput(Device):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import stat
 import sys
 
 import numpy as np
 
-from bas import _native as native
+from bas._native import gensort as native
+from bas.namespace import Namespace, replace_file
 
 __all__ = ["CHUNK_BYTES", "RECORD_SIZE", "generate", "generate_into", "main", "write_file"]
 
@@ -50,10 +50,11 @@ def generate(n: int, start: int = 0, *, ascii: bool = False, skew: bool = False,
 
 def write_file(path: str | os.PathLike, n: int, start: int = 0, *, ascii: bool = False,
                skew: bool = False, threads: int = 1, checksum: bool = False,
-               chunk_bytes: int = CHUNK_BYTES) -> int | None:
+               chunk_bytes: int = CHUNK_BYTES, ns: Namespace | None = None) -> int | None:
     """Write records [start, start + n) to path, chunk_bytes at a time; see the module doc.
 
-    Returns their checksum when checksum is true, else None.
+    Returns their checksum when checksum is true, else None. ns: the bas.namespace.Namespace
+    the file is published through (the local file system by default).
     """
     if n < 0:
         raise ValueError(f"n must not be negative, got {n}")
@@ -62,12 +63,10 @@ def write_file(path: str | os.PathLike, n: int, start: int = 0, *, ascii: bool =
     chunk = max(1, min(n, chunk_bytes // RECORD_SIZE))
     buf = np.empty(chunk * RECORD_SIZE, dtype=np.uint8)
     path = os.fspath(path)
-    in_place = os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode)
-    target = path if in_place else _temp_name(path)
-    flags = os.O_WRONLY | (0 if in_place else os.O_CREAT | os.O_EXCL)
-    fd = os.open(target, flags, 0o666)
     total = 0
-    try:
+
+    def fill(fd: int) -> None:
+        nonlocal total
         for first in range(start, start + n, chunk):
             count = min(chunk, start + n - first)
             part = buf[:count * RECORD_SIZE]
@@ -75,37 +74,22 @@ def write_file(path: str | os.PathLike, n: int, start: int = 0, *, ascii: bool =
                                  checksum=checksum)
             total += sum_ or 0
             _write_all(fd, part)
-        if not in_place:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        if not in_place:
-            os.unlink(target)
-        raise
-    os.close(fd)
-    if not in_place:
-        os.replace(target, path)
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        fd = os.open(path, os.O_WRONLY)  # /dev/null and the like: no name changes
+        try:
+            fill(fd)
+        finally:
+            os.close(fd)
+    else:
+        replace_file(path, fill, ns=ns, mode=0o666)  # less the umask, as open(2) does
     return total if checksum else None
-
-
-def _temp_name(path: str) -> str:
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.{secrets.token_hex(4)}.tmp")
 
 
 def _write_all(fd: int, data: np.ndarray) -> None:
     view = memoryview(data).cast("B")
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _count(text: str) -> int:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bas import _native as native
+from bas._native import io as native_io
+from bas._native import sort as native
 from bas.device import Device
 from bas.phase import run_phase, sequential_phase
 from bas.sort.plan import Plan
@@ -167,8 +168,8 @@ def _gather(job: Job, entries: np.ndarray, count: int, out: np.ndarray) -> None:
         order = np.argsort(offsets, kind="stable")
         staging = job.buffer(count * R)
         job.src.read_many(offsets[order], R, staging, threads=job.plan.gather_threads)
-        native.mem_scatter(out, out.nbytes, order.astype(np.uint64) * np.uint64(R), None, R,
-                           count * R, staging, job.plan.sort_threads)
+        native_io.mem_scatter(out, out.nbytes, order.astype(np.uint64) * np.uint64(R), None,
+                              R, count * R, staging, job.plan.sort_threads)
         job.free(staging)
     job.track.read(job.src, count * R)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bas import _native as native
+from bas._native import sort as native
 from bas.memory import MemoryInfo, memory_info, size_text
 
 __all__ = ["Plan", "make_plan"]

@@ -10,7 +10,8 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from bas import _native as native
+from bas._native import io as native_io
+from bas._native import sort as native
 from bas.device import Device
 from bas.sort.passes import (
     Job,
@@ -70,7 +71,7 @@ def form_record_runs(job: Job) -> tuple[Device, list[Run]]:
         offsets = native.entry_offsets(entries, m, job.key_size, R)
         job.free(entries)
         ordered = job.buffer(m * R)
-        native.mem_gather(records, m * R, offsets, None, R, m * R, ordered, threads)
+        native_io.mem_gather(records, m * R, offsets, None, R, m * R, ordered, threads)
         return ordered
 
     if dev is None:  # everything fits one chunk: sort in memory, write the output once

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bas import _native as native
+from bas._native import gensort as native
 
 __all__ = [
     "CHUNK_BYTES",

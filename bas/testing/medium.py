@@ -111,7 +111,7 @@ class PmemMedium(Medium):
         self.path = os.fspath(path)
 
     def _open(self):
-        from bas import _pmemobj
+        from bas._native import pmem as _pmemobj
         from bas.pmem import LAYOUT
 
         pool = _pmemobj.Pool.open(self.path, LAYOUT)

@@ -49,7 +49,8 @@ CHILD = textwrap.dedent("""
         die()
     elif mode in ("mid-persist", "mid-mark"):
         # kill between persist's flush and its checksum tx, or inside a write's pending-mark tx
-        from bas import _pmemobj, pmem
+        from bas import pmem
+        from bas._native import pmem as _pmemobj
         cls, name = (pmem.PmemDevice, "_flush") if mode == "mid-persist" else (
             _pmemobj.Pool, "tx_set_pending")
         original = getattr(cls, name)

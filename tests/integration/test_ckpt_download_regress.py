@@ -38,4 +38,4 @@ def test_local_disk_full_during_a_download_still_loads_and_keeps_no_partial(tmp_
     assert got.tier == "remote" and got.promoted == []
     assert got.tensors.keys() == SD.keys() and all(torch.equal(got.tensors[k], SD[k]) for k in SD)
     assert sorted(os.listdir(tmp_path / "ssd")) == ["store.json"], "partial copy left behind"
-    assert store.disks[0].used == 0 and store.locate("m") == ["remote"]
+    assert store.tier("local").used == 0 and store.locate("m") == ["remote"]

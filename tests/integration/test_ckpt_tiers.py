@@ -99,7 +99,7 @@ def test_remote_miss_downloads_while_loading_then_hits_faster_tiers(served, tmp_
     assert hit.tier == "dram" and hit.stats.bytes_read == 0
     del got, hit
     gc.collect()
-    store.dram.clear()
+    store.tiers[0].clear()
     local = store.load("m")
     assert local.tier == "local" and _same(local.tensors, sd)
     assert local.stats.bytes_read == nbytes
@@ -125,7 +125,7 @@ def test_download_cut_half_way_leaves_no_partial_checkpoint(served, tmp_path):
     with pytest.raises(ckpt.CheckpointIOError, match="download failed"):
         store.load("m")
     _no_partials(tmp_path)
-    assert store.disks[0].used == 0 and store.dram.used == 0
+    assert store.tier("local").used == 0 and store.tiers[0].used == 0
     assert store.locate("m") == ["remote"]
 
 
@@ -168,8 +168,8 @@ def test_remote_download_evicts_what_the_remote_still_holds(served, tmp_path):
     store = _store(tmp_path, url, disk=max(sizes) + 60000)  # room for one
     store.load("a")
     store.load("b")
-    assert store.disks[0].names() == ["b"]  # a was evicted: the remote still holds it
-    store.dram.clear()
+    assert store.tier("local").names() == ["b"]  # a was evicted: the remote still holds it
+    store.tiers[0].clear()
     assert _same(store.load("a").tensors, sds["a"])
 
 

@@ -23,7 +23,7 @@ from bas import (  # noqa: E402
     ReadOnlyError,
     open_device,
 )
-from bas import _pmemobj as pmemobj  # noqa: E402
+from bas._native import pmem as pmemobj  # noqa: E402
 
 SIZE = 1 << 20
 MARKER = random.Random(5).randbytes(4096)
@@ -239,7 +239,7 @@ def test_misuse_of_the_device_raises_typed_errors(tmp_path):
 
 MISUSE = textwrap.dedent("""
     import sys, threading
-    from bas import _pmemobj as P
+    from bas._native import pmem as P
     from bas.errors import DeviceClosedError, LayoutError
 
     def refused(call, exc=P.TransactionError):

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bas import _native as native
+from bas._native import sort as native
 
 
 @st.composite

@@ -57,11 +57,11 @@ def test_a_put_larger_than_planned_is_charged_what_was_written_or_taken_back(tmp
     capacity = 64 << 10
     store = ckpt.Store([ckpt.DiskTier(tmp_path / "ssd", capacity)])
     store.put("small", {"w": torch.ones(3)})
-    assert store.disks[0].used == on_disk(tmp_path / "ssd") == 2 * BLOCK
+    assert store.tier("local").used == on_disk(tmp_path / "ssd") == 2 * BLOCK
     with pytest.raises(ckpt.CheckpointError, match="do not fit"):
         store.put("big", _model(0, 40))
-    assert store.disks[0].names() == ["small"]
-    assert store.disks[0].used == on_disk(tmp_path / "ssd") == 2 * BLOCK
+    assert store.tier("local").names() == ["small"]
+    assert store.tier("local").used == on_disk(tmp_path / "ssd") == 2 * BLOCK
     assert sorted(os.listdir(tmp_path / "ssd")) == ["small", STATE_FILE]
 
 

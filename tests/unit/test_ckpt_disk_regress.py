@@ -23,7 +23,7 @@ def _same(got, sd) -> bool:
 def test_eviction_does_not_delete_a_copy_published_after_it(tmp_path, monkeypatch):
     disk = ckpt.DiskTier(tmp_path / "ssd", 16 << 20)
     ckpt.save(OLD, disk.path("m"), **OPTIONS)
-    disk.added("m", disk_bytes(disk.path("m")))
+    disk.adopt("m")
     real_rmtree = shutil.rmtree
     published = []
 
@@ -31,7 +31,7 @@ def test_eviction_does_not_delete_a_copy_published_after_it(tmp_path, monkeypatc
         if not published:
             published.append(path)
             ckpt.save(NEW, disk.path("m"), **OPTIONS)
-            disk.added("m", disk_bytes(disk.path("m")))
+            disk.adopt("m")
         return real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "rmtree", late_rmtree)
@@ -40,7 +40,7 @@ def test_eviction_does_not_delete_a_copy_published_after_it(tmp_path, monkeypatc
     assert published, "remove deleted nothing"
     assert disk.holds("m")
     with disk.open("m") as src:
-        assert _same(ckpt.load(src.name, threads=1), NEW)
+        assert _same(ckpt.load(src.source.name, threads=1), NEW)
     assert sorted(os.listdir(disk.root)) == ["m", "store.json"]
 
 
@@ -48,7 +48,7 @@ def test_a_removal_that_crashed_mid_delete_is_cleaned_not_resurrected(tmp_path):
     root = tmp_path / "ssd"
     disk = ckpt.DiskTier(root, 16 << 20)
     ckpt.save(OLD, disk.path("m"), **OPTIONS)
-    disk.added("m", disk_bytes(disk.path("m")))
+    disk.adopt("m")
     os.rename(disk.path("m"), f"{disk.path('m')}.del-0badc0de")  # died after the rename
     again = ckpt.DiskTier(root, 16 << 20)
     assert again.names() == [] and sorted(os.listdir(root)) == ["store.json"]
@@ -62,7 +62,7 @@ def test_load_racing_a_save_never_mixes_old_index_with_new_partitions(tmp_path, 
     ckpt.save(OLD, path, **OPTIONS)
     assert len(ckpt.read_index(path).partitions) > 1
     if not exchange:
-        monkeypatch.setattr(atomic, "_rename_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_rename_exchange", lambda a, b, ns=None: False)
     real = getattr(source, hook)
     calls = []
 
@@ -83,7 +83,7 @@ def test_a_held_directory_is_read_whole_although_a_save_replaced_it(tmp_path, mo
     real = source._open_at
 
     def save_after_the_directory_is_open(directory, dir_fd, direct):
-        monkeypatch.setattr(atomic, "_remove_tree", lambda p: None)  # old files stay readable
+        monkeypatch.setattr(atomic, "_remove_tree", lambda *_: None)  # old files stay readable
         ckpt.save(NEW, path, **OPTIONS)
         return real(directory, dir_fd, direct)
 

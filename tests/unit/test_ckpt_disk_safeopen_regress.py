@@ -42,7 +42,7 @@ def test_a_state_file_that_is_not_a_regular_file_is_rebuilt_never_waited_on(how,
     _tier_with_m(root)
     _replace(root / STATE_FILE, how)
     store = ckpt.Store([ckpt.DiskTier(root, 1 << 20)])  # treated as absent: rebuilt
-    assert store.disks[0].names() == ["m"]
+    assert store.tier("local").names() == ["m"]
     assert _same(store.load("m").tensors, SD)
     assert (root / STATE_FILE).is_file() and not (root / STATE_FILE).is_symlink()
     store.put("n", SD)
@@ -85,7 +85,7 @@ def test_copying_a_partition_that_is_not_a_regular_file_fails_typed_and_never_ha
     with pytest.raises(ckpt.MissingPartitionError, match="not a regular file"):
         store.put("m", src)
     assert sorted(os.listdir(tmp_path / "ssd")) == [STATE_FILE]
-    assert store.disks[0].used == 0
+    assert store.tier("local").used == 0
 
 
 @pytest.mark.timeout(20)

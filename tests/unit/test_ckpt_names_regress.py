@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ckpt
+import ckpt.tier
 from ckpt.disk import STATE_FILE, check_name
 
 SD = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
@@ -40,7 +41,7 @@ def _healthy(root) -> None:
     store.put("probe", SD)
     assert _same(store.load("probe").tensors, SD)
     again = _store(root, dram=False)
-    assert "probe" in again.disks[0].names()
+    assert "probe" in again.tier("local").names()
     assert _same(again.load("probe").tensors, SD)
 
 
@@ -60,7 +61,7 @@ def test_a_model_named_store_json_tmp_no_longer_breaks_the_disk_tier(tmp_path):
         store.put("store.json.tmp", SD)
     store.put("after", SD)
     assert _same(_store(tmp_path / "ssd").load("before").tensors, SD)
-    assert _store(tmp_path / "ssd").disks[0].names() == ["after", "before"]  # LRU first
+    assert _store(tmp_path / "ssd").tier("local").names() == ["after", "before"]  # LRU first
 
 
 def test_a_name_whose_directory_reads_back_as_another_name_is_refused(tmp_path):
@@ -97,13 +98,15 @@ def _verbs(tmp_path):
         "store.locate": lambda n: store.locate(n),
         "store.estimate_load_time": lambda n: store.estimate_load_time(n),
         "disk.holds": disk.holds, "disk.path": disk.path, "disk.index": disk.index,
-        "disk.touch": disk.touch, "disk.remove": disk.remove, "disk.writer": disk.writer,
-        "disk.added": lambda n: disk.added(n, 4096),
-        "disk.sink": lambda n: disk.sink(n, lambda _: True),
+        "disk.remove": disk.remove,
+        "disk.put": lambda n: disk.put(n, lambda path: None),
+        "disk.adopt": disk.adopt,
+        "disk.sink": lambda n: disk.sink(n, droppable=lambda _: True),
         "disk.open": lambda n: disk.open(n).__enter__(),
-        "dram.holds": dram.holds, "dram.lookup": dram.lookup, "dram.evict": dram.evict,
-        "dram.discard": dram.discard, "dram.pins": dram.pins, "dram.index": dram.index,
-        "dram.insert": lambda n: dram.insert(n, ckpt.Index(), bytearray(0)),
+        "dram.holds": dram.holds, "dram.open": lambda n: dram.open(n).__enter__(),
+        "dram.remove": dram.remove, "dram.pins": dram.pins, "dram.index": dram.index,
+        "dram.keep": lambda n: dram.keep(n, ckpt.tier.Held(ckpt.Index(), b"", bytearray(0)),
+                                          droppable=lambda _: True),
     }
 
 
@@ -145,8 +148,8 @@ def test_any_name_is_refused_or_put_load_and_reopen_keep_working(name):
         assert _same(store.load(name).tensors, SD)
         store.put("probe", SD)
         again = _store(root)
-        assert sorted(again.disks[0].names()) == sorted([name, "probe"])
+        assert sorted(again.tier("local").names()) == sorted([name, "probe"])
         assert _same(again.load(name).tensors, SD) and again.locate(name) == ["dram", "local"]
         again.evict(name, tier="local")
-        assert _store(root).disks[0].names() == ["probe"]
+        assert _store(root).tier("local").names() == ["probe"]
         assert sorted(os.listdir(root)) == sorted([STATE_FILE, "probe"])

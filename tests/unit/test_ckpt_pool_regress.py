@@ -112,7 +112,7 @@ def test_eviction_skips_a_name_whose_put_or_load_is_under_way(tmp_path):
     ckpt.save(_state(1.0), tmp_path / "v.ckpt")
     store.put("m", tmp_path / "v.ckpt", tier="slow")
     store.put("m", tmp_path / "v.ckpt", tier="fast")
-    droppable = store._droppable(0)
+    droppable = store._droppable(store.tier("fast"))
     assert droppable("m")  # the slow tier holds it too
     with store._flight("m"):
         assert not droppable("m")

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import ckpt
+import ckpt.disk
+import ckpt.tier
 from ckpt.disk import STATE_FILE
 
 
@@ -58,10 +60,13 @@ def test_hit_cost_does_not_depend_on_bytes(tmp_path):
     with ckpt.open_source(tmp_path / "m") as source:
         buf = ckpt.loader.read_host(source)
         index = source.index
-    held = tier.insert("m", index, buf)
+        index_bytes = ckpt.disk.index_file(source.name)
+    held = tier.keep("m", ckpt.tier.Held(index, index_bytes, buf), droppable=lambda _: True)
     buf[:] = 7  # the cache holds buf itself: a hit sees this write, proof that it copies nothing
-    hit = tier.lookup("m")
-    assert int(hit["big"][123]) == 7 and hit["big"].data_ptr() == held["big"].data_ptr()
+    with tier.open("m") as reader:
+        hit = reader.read()
+    assert hit.bytes_read == 0 and int(hit.buf[123]) == 7
+    assert hit.buf.ctypes.data == held.ctypes.data
 
 
 def test_dram_lru_evicts_the_least_recently_used(models):
@@ -72,10 +77,10 @@ def test_dram_lru_evicts_the_least_recently_used(models):
     gc.collect()
     store.load(models["a"][1])  # a is now more recent than b
     store.load(models["c"][1])
-    keys = store.dram.names()
+    keys = store.tiers[0].names()
     keys = [k.split("@")[0] for k in keys]  # path keys carry the index identity after "@"
     assert len(keys) == 2 and keys[-1].endswith("c.ckpt") and keys[0].endswith("a.ckpt")
-    assert store.dram.used == 2 * size
+    assert store.tiers[0].used == 2 * size
 
 
 def test_pinned_entries_are_not_evicted(models):
@@ -83,17 +88,17 @@ def test_pinned_entries_are_not_evicted(models):
     store = ckpt.Store([ckpt.DramTier(2 * size)])
     a = store.load(models["a"][1])
     b = store.load(models["b"][1])
-    assert store.dram.pins(a.key) == 1 and store.dram.pins(b.key) == 1
+    assert store.tiers[0].pins(a.key) == 1 and store.tiers[0].pins(b.key) == 1
     c = store.load(models["c"][1])  # no room without evicting a pinned entry: served uncached
-    assert c.promoted == [] and not store.dram.holds(c.key)
-    assert store.dram.holds(a.key) and store.dram.holds(b.key)
-    assert store.dram.used == 2 * size and _same(c.tensors, models["c"][0])
-    assert not store.dram.evict(a.key)  # pinned
+    assert c.promoted == [] and not store.tiers[0].holds(c.key)
+    assert store.tiers[0].holds(a.key) and store.tiers[0].holds(b.key)
+    assert store.tiers[0].used == 2 * size and _same(c.tensors, models["c"][0])
+    assert not store.tiers[0].remove(a.key)  # pinned
     del a
     gc.collect()
-    assert store.dram.pins(store.dram.names()[0]) == 0
+    assert store.tiers[0].pins(store.tiers[0].names()[0]) == 0
     c = store.load(models["c"][1])
-    assert c.promoted == ["dram"] and store.dram.used == 2 * size
+    assert c.promoted == ["dram"] and store.tiers[0].used == 2 * size
     assert _same(b.tensors, models["b"][0])  # b's tensors survived all of it
 
 
@@ -103,11 +108,11 @@ def test_a_pin_lasts_while_any_tensor_of_the_hit_lives(models):
     one = got.tensors["norm"]
     del got
     gc.collect()
-    key = store.dram.names()[0]
-    assert store.dram.pins(key) == 1
+    key = store.tiers[0].names()[0]
+    assert store.tiers[0].pins(key) == 1
     del one
     gc.collect()
-    assert store.dram.pins(key) == 0
+    assert store.tiers[0].pins(key) == 0
 
 
 def test_discarding_a_pinned_entry_keeps_its_bytes_counted_until_released(models, tmp_path):
@@ -116,13 +121,13 @@ def test_discarding_a_pinned_entry_keeps_its_bytes_counted_until_released(models
     store.put("m", models["a"][1])
     old = store.load("m")
     store.put("m", models["b"][1])  # a new version: the cached one is discarded
-    assert not store.dram.holds("m") and store.dram.used == size
+    assert not store.tiers[0].holds("m") and store.tiers[0].used == size
     new = store.load("m")
     assert _same(new.tensors, models["b"][0]) and _same(old.tensors, models["a"][0])
-    assert store.dram.used == 2 * size
+    assert store.tiers[0].used == 2 * size
     del old
     gc.collect()
-    assert store.dram.used == size
+    assert store.tiers[0].used == size
 
 
 def test_disk_tier_capacity_lru_and_state_survive_reopening(models, tmp_path):
@@ -135,11 +140,11 @@ def test_disk_tier_capacity_lru_and_state_survive_reopening(models, tmp_path):
         store.put(name, models[name][1], tier="slow")
     store.load("a")
     store.load("b")  # both promoted from slow to local
-    assert store.disks[0].names() == ["a", "b"]
-    assert store.disks[0].used == sizes["a"] + sizes["b"]
+    assert store.tier("local").names() == ["a", "b"]
+    assert store.tier("local").used == sizes["a"] + sizes["b"]
     store.load("a")
     store.load("c")  # evicts b, the least recently used (slow holds it)
-    assert store.disks[0].names() == ["a", "c"]
+    assert store.tier("local").names() == ["a", "c"]
     state = json.loads((root / STATE_FILE).read_text())
     assert set(state["entries"]) == {"a", "c"}
     again = ckpt.DiskTier(root, room)
@@ -153,7 +158,7 @@ def test_only_copies_are_never_evicted(models, tmp_path):
     store.put("b", models["b"][1])
     with pytest.raises(ckpt.CheckpointError, match="do not fit"):
         store.put("c", models["c"][1])
-    assert store.disks[0].names() == ["a", "b"] and store.disks[0].used == sum(sizes)
+    assert store.tier("local").names() == ["a", "b"] and store.tier("local").used == sum(sizes)
     assert not os.path.exists(tmp_path / "ssd" / "c")
 
 
@@ -214,5 +219,9 @@ def test_put_a_state_dict_and_org_names(tmp_path):
 
 
 def test_tier_order_is_checked(tmp_path):
-    with pytest.raises(ValueError, match="at most one dram"):
+    with pytest.raises(ValueError, match="fastest first"):
         ckpt.Store([ckpt.DiskTier(tmp_path, 1), ckpt.DramTier(1)])
+    with pytest.raises(ValueError, match="fastest first"):
+        ckpt.Store([ckpt.RemoteTier(str(tmp_path / "r")), ckpt.DiskTier(tmp_path / "d", 1)])
+    with pytest.raises(TypeError, match="ckpt.tier.Tier"):
+        ckpt.Store([object()])

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bas import _native as native
+from bas._native import io as native
 
 REGION = 1 << 14
 

@@ -13,7 +13,8 @@ import pytest
 
 import bas
 from bas import OutOfBoundsError, open_device
-from bas import _native as native
+from bas._native import io as native
+from bas._native import sort as native_sort
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -25,7 +26,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_mem_gather_with_integer_address_raises_instead_of_segfault():
     proc = _run("""
         import numpy as np
-        from bas import _native as native
+        from bas._native import io as native
         offs = np.zeros(1, np.uint64)
         for base in (0, np.uint64(4096), 1 << 40):
             try:
@@ -144,17 +145,17 @@ def test_non_integer_offsets_and_lengths_are_refused(bad):
 def test_largest_entry_python_allows_is_one_c_sorts():
     """Python's limit is C's: the largest key Python lets through sorts in C, one more is
     refused in Python (before, a copy of C's constant could drift from it)."""
-    key = native.MAX_ENTRY_SIZE - native.INDEX_BYTES
+    key = native_sort.MAX_ENTRY_SIZE - native_sort.INDEX_BYTES
     n = 5
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 256, size=n * key, dtype=np.uint8)
-    entries = np.zeros(n * native.MAX_ENTRY_SIZE, np.uint8)
-    native.entries_from_keys(keys, n, key, 0, entries)
-    native.sort_entries(entries, n, key, np.zeros_like(entries))
+    entries = np.zeros(n * native_sort.MAX_ENTRY_SIZE, np.uint8)
+    native_sort.entries_from_keys(keys, n, key, 0, entries)
+    native_sort.sort_entries(entries, n, key, np.zeros_like(entries))
     got = entries.reshape(n, -1)[:, :key]
     assert [bytes(r) for r in got] == sorted(bytes(r) for r in keys.reshape(n, key))
     with pytest.raises(ValueError):
-        native.entry_size(key + 1)
+        native_sort.entry_size(key + 1)
 
 
 def test_mapped_load_of_a_partition_truncated_meanwhile_raises_not_sigbus(tmp_path):

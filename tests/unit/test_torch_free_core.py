@@ -41,7 +41,7 @@ def test_core_saves_and_loads_raw_bytes_without_torch(tmp_path):
         from ckpt.unpack import copy_dir
         disk = ckpt.DiskTier("tier", 64 << 20)
         copy_dir("m.ckpt", disk.path("m"))  # a disk tier's copy, every chunk verified
-        disk.added("m")
+        disk.adopt("m")
         assert disk.holds("m") and ckpt.DiskTier("tier", 64 << 20).names() == ["m"]
         assert "torch" not in sys.modules
         try:

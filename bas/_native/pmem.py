@@ -1,4 +1,5 @@
-"""The one module that imports the libpmemobj extension and wraps each C helper with checks.
+"""Bindings of native/bas_pmem.h: the one module that imports the optional libpmemobj
+extension `bas._bas_pmem` and wraps each C helper with checks.
 
 PMDK aborts the process on misuse (a tx call outside a transaction, tx_end while working, a
 double close, touching the mapping after close). Every wrapper here checks the pool's and the
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bas import _native as native
+from bas._native.io import crc32
 from bas.errors import (
     CorruptionError,
     DeviceBusyError,
@@ -201,13 +202,14 @@ class Pool:
         for k, i in enumerate(idx.tolist()):
             start = i * cs
             view = ffi.buffer(ffi.cast("uint8_t *", base + start), min(cs, size - start))
-            out[k] = native.crc32(view)
+            out[k] = crc32(view)
         return out
 
     def copy_in(self, offset: int, data) -> None:
         """Store bytes at a region offset (durable after persist or a tx commit)."""
         self._attached("copy_in")
         with ffi.from_buffer(data) as src:
+            self._check_range(offset, len(src), "copy_in")
             rc = lib.bas_pmem_copy_in(self._handle, offset, src, len(src))
         self._raise(rc, "copy_in")
 
@@ -218,6 +220,10 @@ class Pool:
         lens = np.ascontiguousarray(lengths, dtype=np.uint64)
         if offs.shape != lens.shape or offs.ndim != 1:
             raise ValueError("persist needs equally long 1-d offsets and lengths")
+        size = np.uint64(self._region_size)
+        if offs.size and (bool(np.any(lens > size)) or bool(np.any(offs > size - lens))):
+            raise ValueError(f"pmem://{self.path}: persist range outside the region of "
+                             f"{self._region_size} bytes")
         rc = lib.bas_pmem_persist(self._handle, ffi.from_buffer("uint64_t[]", offs),
                                   ffi.from_buffer("uint64_t[]", lens), offs.size)
         self._raise(rc, "persist")
@@ -326,6 +332,12 @@ class Pool:
         self._live(what)
         if not self._region_addr:
             raise LayoutError(f"pmem://{self.path}: {what} before the bas root was attached")
+
+    def _check_range(self, offset: int, length: int, what: str) -> None:
+        if (isinstance(offset, bool) or not isinstance(offset, (int, np.integer))
+                or not 0 <= offset <= self._region_size - length):
+            raise ValueError(f"pmem://{self.path}: {what} [{offset}, {offset}+{length}) is "
+                             f"outside the region of {self._region_size} bytes")
 
     def _indexes(self, idx) -> np.ndarray:
         idx = np.ascontiguousarray(idx, dtype=np.uint64)
