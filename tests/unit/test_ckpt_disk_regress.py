@@ -8,7 +8,6 @@ import torch
 
 import ckpt
 from ckpt import atomic, source
-from ckpt.disk import disk_bytes
 from ckpt.loader import load_from
 
 OPTIONS = {"chunk_size": 4096, "partition_size": 8192, "alignment": 256}
