@@ -19,11 +19,11 @@ __all__ = ["BACKENDS", "DeviceURL", "open_device", "parse_size", "register_devic
 
 # scheme -> ("module:Class" or a Device subclass, install hint); register_device adds to it
 BACKENDS: dict[str, tuple[str, str]] = {
-    "dram": ("bas.dram:DramDevice", ""),
-    "emu": ("bas.emu:EmuDevice", ""),
-    "fault": ("bas.fault:FaultDevice", ""),
-    "file": ("bas.file:FileDevice", ""),
-    "pmem": ("bas.pmem:PmemDevice",
+    "dram": ("bas.backends.dram:DramDevice", ""),
+    "emu": ("bas.wrappers.emu:EmuDevice", ""),
+    "fault": ("bas.wrappers.fault:FaultDevice", ""),
+    "file": ("bas.backends.file:FileDevice", ""),
+    "pmem": ("bas.backends.pmem:PmemDevice",
              "install PMDK's libpmemobj (apt-get install libpmemobj-dev) and rebuild: make setup"),
 }
 

@@ -7,7 +7,6 @@
 """
 
 from ckpt.convert import convert
-from ckpt.disk import DiskTier
 from ckpt.errors import (
     AliasError,
     BadMagicError,
@@ -35,17 +34,18 @@ from ckpt.format import DTYPES, Index, Partition, TensorEntry
 from ckpt.host import pack, verify
 from ckpt.pool import HostPool, PoolStats
 from ckpt.reader import LoadStats
-from ckpt.remote import RemoteTier
 from ckpt.source import Source, open_source, packed_source, read_index
+from ckpt.tiers import DiskTier, DramTier, RemoteTier, Tier, TierCapabilities
 from ckpt.writer import Writer
 
-# The torch adapters are imported on first use: `import ckpt` (format, writer, reader, disk
-# and remote tiers) works without torch; ckpt.load, save, Store, ... need it.
+# The torch adapters (ckpt/torch/) are imported on first use: `import ckpt` (format, writer,
+# reader, tiers) works without torch; ckpt.load, save, Store, ... need it.
 _TORCH = {
-    "DramTier": "ckpt.dram", "Loaded": "ckpt.store", "Store": "ckpt.store",
-    "init_empty": "ckpt.modules", "load": "ckpt.loader", "load_from": "ckpt.loader",
-    "load_into": "ckpt.modules", "load_stream": "ckpt.loader",
-    "load_transformers": "ckpt.modules", "save": "ckpt.tensors",
+    "Loaded": "ckpt.torch.store", "Store": "ckpt.torch.store",
+    "init_empty": "ckpt.torch.modules", "load": "ckpt.torch.loader",
+    "load_from": "ckpt.torch.loader", "load_into": "ckpt.torch.modules",
+    "load_stream": "ckpt.torch.loader",
+    "load_transformers": "ckpt.torch.modules", "save": "ckpt.torch.tensors",
 }
 
 
@@ -96,6 +96,8 @@ __all__ = [
     "Source",
     "Store",
     "TensorEntry",
+    "Tier",
+    "TierCapabilities",
     "UnsupportedDtypeError",
     "UnsupportedVersionError",
     "Writer",

@@ -2,7 +2,7 @@
 
 read_host fills one page-aligned buffer from a Source (the tiers' load path), read_packed
 from a packed stream (remote tiers), pack writes the packed form, verify checks every CRC.
-ckpt.loader turns these buffers into tensors.
+ckpt.torch.loader turns these buffers into tensors.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def read_host(source: Source, *, threads: int | None = None, verify: bool | None
     """Every partition of source, back to back, in one page-aligned host buffer (for tiers).
 
     The buffer (a uint8 array, borrowed from pool when given) is what `load_from` wraps:
-    `ckpt.tensors.views(source.index, as_tensor(buf))` gives the tensors.
+    `ckpt.torch.tensors.views(source.index, as_tensor(buf))` gives the tensors.
     """
     start = time.perf_counter()
     if stats is not None:

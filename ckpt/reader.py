@@ -33,7 +33,7 @@ class LoadStats:
     threads: int = 0
     direct: bool = False  # every partition was opened for O_DIRECT
     cached_bytes: int = 0  # of bytes_read, those taken from the page cache (direct=None)
-    mapped: bool = False  # tensors are views of private file mappings (ckpt.mapped)
+    mapped: bool = False  # tensors are views of private file mappings (ckpt.torch.mapped)
     staging_pinned: bool = True  # CUDA loads: the host staging was page-locked
     staging_note: str = ""  # why it was not, when it was not
     verified: bool = False  # every chunk's CRC-32 was checked
@@ -84,7 +84,7 @@ def chunks_of(index: Index) -> list[Chunk]:
 def default_threads(source: Source, profile=None) -> int:
     """Reader threads: the profile's best sequential-read count when given, else a guess.
 
-    profile: a bas.profile.Profile measured on (or preset for) the source's storage. The
+    profile: a bas.braid.profile.Profile measured on (or preset for) the source's storage. The
     guess is the CPU count but at least 4: readers mostly wait on the device with the GIL
     released, and an NVMe drive needs several requests in flight even on a 2-core machine.
     """

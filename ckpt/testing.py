@@ -74,7 +74,7 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _raw(t: torch.Tensor):
-    from ckpt.tensors import tensor_bytes
+    from ckpt.torch.tensors import tensor_bytes
 
     return tensor_bytes(t)
 
@@ -243,7 +243,7 @@ def _fifo_index(directory: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from ckpt.tensors import save
+    from ckpt.torch.tensors import save
 
     if len(argv) != 2 or argv[0] not in ("golden", "hostile"):
         print(__doc__, file=sys.stderr)

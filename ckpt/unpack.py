@@ -1,6 +1,6 @@
 """Write a checkpoint directory from bytes that arrive in load order, published atomically.
 
-The sink side of a tier copy: `ckpt.loader.read_packed(stream, sink=Unpacker(path))` keeps a
+The sink side of a tier copy: `ckpt.torch.loader.read_packed(stream, sink=Unpacker(path))` keeps a
 local copy of a remote checkpoint while loading it, and `copy_buffer` writes a checkpoint that
 is already in memory (promotion to a faster disk tier). The index file is written first, then
 every chunk is written by a background thread with pwrite while the caller goes on reading:

@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bas import open_device  # noqa: E402
-from bas.emu import EmuDevice  # noqa: E402
 from bas.sort import sort  # noqa: E402
+from bas.wrappers.emu import EmuDevice  # noqa: E402
 
 
 def _records(n: int, record_size: int, key_size: int, seed: int = 0) -> np.ndarray:

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                    help="threads for every phase (default: from the profile / CPU count)")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="auto")
     p.add_argument("--schedule", choices=SCHEDULES, default="staged")
-    p.add_argument("--profile", default=None, help="device profile JSON (bas.profile --save)")
+    p.add_argument("--profile", default=None, help="device profile JSON (bas.braid.profile --save)")
     p.add_argument("--scratch", default=None, help="directory for runs (default: output's)")
     p.add_argument("--quiet", action="store_true", help="no progress, no summary")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     profile = None
     if args.profile:
-        from bas.profile import Profile
+        from bas.braid.profile import Profile
 
         profile = Profile.load(args.profile)
     try:

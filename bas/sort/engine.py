@@ -47,7 +47,7 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
       "mergesort" (runs of whole records).
     schedule: "staged" (one kind of I/O at a time), "piped" (reader, sorter and writer run
       concurrently) or "rsw" (each thread reads, sorts and writes its own chunks).
-    profile: a bas.profile.Profile (measured or preset) to size thread pools from.
+    profile: a bas.braid.profile.Profile (measured or preset) to size thread pools from.
     scratch: a directory for runs, or a callable(size) -> Device (e.g. emulated devices).
     progress: callable(phase_name, done, total).
     memory: the memory facts to plan with (bas.memory.MemoryInfo); None reads this process's
@@ -68,7 +68,7 @@ def sort(input, output, *, record_size: int = 100, key_size: int = 10, key_offse
                              f"{record_size}-byte records ({src.size % record_size} left over)")
         n = src.size // record_size
         if profile is None and src.preset is not None:
-            from bas.profile import Profile
+            from bas.braid.profile import Profile
 
             profile = Profile.from_preset(src.preset)
         plan = make_plan(src, n, record_size, key_size, budget, threads, algorithm, profile,

@@ -19,8 +19,8 @@ import numpy as np
 
 from bas._native import io as native_io
 from bas._native import sort as native
+from bas.braid.phase import run_phase, sequential_phase
 from bas.device import Device
-from bas.phase import run_phase, sequential_phase
 from bas.sort.plan import Plan
 from bas.sort.report import Tracker
 

@@ -112,7 +112,7 @@ class PmemMedium(Medium):
 
     def _open(self):
         from bas._native import pmem as _pmemobj
-        from bas.pmem import LAYOUT
+        from bas.backends.pmem import LAYOUT
 
         pool = _pmemobj.Pool.open(self.path, LAYOUT)
         try:

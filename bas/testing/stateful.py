@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from bas.fault import FaultDevice
+from bas.wrappers.fault import FaultDevice
 
 __all__ = ["DeviceMachine"]
 

@@ -16,7 +16,7 @@ _KINDS = ("dram", "file", "file-direct", "pmem", "emu-dram", "emu-file")
 def available_kinds() -> tuple[str, ...]:
     """The configuration kinds this installation can open (pmem only where PMDK is built)."""
     try:
-        import bas.pmem  # noqa: F401
+        import bas.backends.pmem  # noqa: F401
     except ImportError:
         return tuple(k for k in _KINDS if k != "pmem")
     return _KINDS

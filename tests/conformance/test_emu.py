@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from bas import InvalidURLError, open_device
-from bas.emu import EmuDevice
-from bas.file import FileDevice
-from bas.phase import Phase, random_phase, run_mixed, run_phase, sequential_phase
-from bas.presets import get_preset, overlapped_seconds
+from bas.backends.file import FileDevice
+from bas.braid.phase import Phase, random_phase, run_mixed, run_phase, sequential_phase
+from bas.braid.presets import get_preset, overlapped_seconds
 from bas.testing import DeviceConformance, FileMedium
+from bas.wrappers.emu import EmuDevice
 
 
 class TestEmuOverDram(DeviceConformance):

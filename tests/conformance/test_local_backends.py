@@ -3,9 +3,9 @@
 import pytest
 
 from bas import open_device
-from bas.fault import FaultDevice
-from bas.file import FileDevice
+from bas.backends.file import FileDevice
 from bas.testing import DeviceConformance, FileMedium
+from bas.wrappers.fault import FaultDevice
 
 
 class TestDram(DeviceConformance):

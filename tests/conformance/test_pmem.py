@@ -2,10 +2,10 @@
 
 import pytest
 
-pytest.importorskip("bas.pmem", exc_type=ImportError)
+pytest.importorskip("bas.backends.pmem", exc_type=ImportError)
 
 from bas import open_device  # noqa: E402
-from bas.pmem import PmemDevice  # noqa: E402
+from bas.backends.pmem import PmemDevice  # noqa: E402
 from bas.testing import DeviceConformance, PmemMedium  # noqa: E402
 
 

@@ -91,7 +91,7 @@ def test_a_wrapper_not_opened_by_url_refuses_a_url():
 
 
 def test_capabilities_are_read_only_and_wrappers_inherit_them(tmp_path):
-    from bas.fault import FaultDevice
+    from bas.wrappers.fault import FaultDevice
 
     with open_device(f"file://{tmp_path}/d.bin?size=8192&direct=1&bounce=0") as dev:
         with pytest.raises(AttributeError):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.disk import check_name
 from ckpt.errors import NotACheckpointError
-from ckpt.tier import Held, Tier, TierCapabilities, TierReader
-from ckpt.tier_conformance import TierConformance
+from ckpt.tiers.conformance import TierConformance
+from ckpt.tiers.disk import check_name
+from ckpt.tiers.tier import Held, Tier, TierCapabilities, TierReader
 
 
 class TestDramTier(TierConformance):

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from bas import DeviceIOError, open_device
-from bas.fault import FaultDevice
+from bas.wrappers.fault import FaultDevice
 
 SIZE = 256 << 10
 

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-pmem = pytest.importorskip("bas.pmem", exc_type=ImportError)
+pmem = pytest.importorskip("bas.backends.pmem", exc_type=ImportError)
 
 from bas import open_device  # noqa: E402
 
@@ -49,7 +49,7 @@ CHILD = textwrap.dedent("""
         die()
     elif mode in ("mid-persist", "mid-mark"):
         # kill between persist's flush and its checksum tx, or inside a write's pending-mark tx
-        from bas import pmem
+        from bas.backends import pmem
         from bas._native import pmem as _pmemobj
         cls, name = (pmem.PmemDevice, "_flush") if mode == "mid-persist" else (
             _pmemobj.Pool, "tx_set_pending")

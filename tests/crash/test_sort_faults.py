@@ -6,8 +6,8 @@ import os
 import pytest
 
 from bas import DeviceIOError, open_device
-from bas.fault import FaultDevice
 from bas.sort import sort
+from bas.wrappers.fault import FaultDevice
 from tests.sortcheck import random_records, stable_model
 
 

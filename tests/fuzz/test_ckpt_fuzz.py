@@ -19,8 +19,8 @@ import torch
 
 import ckpt
 from bas import crc32 as _crc32
+from ckpt.convert.safetensors import SafetensorsFile
 from ckpt.format import HEADER_SIZE, INDEX_FILE, MAGIC
-from ckpt.safetensors import SafetensorsFile
 from tests.workmeter import metered
 
 CASES = int(os.environ.get("CKPT_FUZZ_CASES", "3000"))

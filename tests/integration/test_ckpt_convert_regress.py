@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ckpt
-from ckpt.tensors import tensor_bytes
 from ckpt.testing import same
+from ckpt.torch.tensors import tensor_bytes
 
 FP8 = torch.tensor([0.5, -1.0, 2.0, 0.0, -0.25, 3.0])
 

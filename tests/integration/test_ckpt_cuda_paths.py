@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import ckpt
-from ckpt import cuda
 from ckpt.pool import HostPool, _pin, _Slab, _unpin
+from ckpt.torch import cuda
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

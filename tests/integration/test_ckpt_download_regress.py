@@ -9,7 +9,7 @@ import torch
 import ckpt
 from ckpt import atomic, unpack
 from ckpt.errors import CheckpointIOError
-from ckpt.remote import SUFFIX
+from ckpt.tiers.remote import SUFFIX
 
 SD = {f"w{i}": torch.randn(64, 64, generator=torch.Generator().manual_seed(i)) for i in range(4)}
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import ckpt
-from ckpt import remote
-from ckpt.remote import SUFFIX
+from ckpt.tiers import remote
+from ckpt.tiers.remote import SUFFIX
 
 aiohttp = pytest.importorskip("aiohttp")  # fsspec's http filesystem needs it
 

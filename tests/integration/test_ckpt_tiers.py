@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.remote import SUFFIX
+from ckpt.tiers.remote import SUFFIX
 
 pytest.importorskip("aiohttp")  # fsspec's http filesystem needs it (pinned in requirements.lock)
 

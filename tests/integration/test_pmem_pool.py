@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-pmem = pytest.importorskip("bas.pmem", exc_type=ImportError)
+pmem = pytest.importorskip("bas.backends.pmem", exc_type=ImportError)
 
 from bas import (  # noqa: E402
     CorruptionError,

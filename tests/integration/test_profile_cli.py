@@ -3,11 +3,11 @@
 import subprocess
 import sys
 
-from bas.profile import Profile
+from bas.braid.profile import Profile
 
 
 def _run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "bas.profile", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "bas.braid.profile", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -36,6 +36,6 @@ def test_presets_alone_and_custom_threads(tmp_path):
 
 
 def test_no_device_is_a_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bas.profile"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "bas.braid.profile"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "at least one device URL" in proc.stderr

@@ -3,8 +3,8 @@
 import pytest
 
 from bas import open_device
-from bas.presets import PRESETS, get_preset
-from bas.profile import Profile, measure, preset_threads
+from bas.braid.presets import PRESETS, get_preset
+from bas.braid.profile import Profile, measure, preset_threads
 
 TOLERANCE = 0.05
 

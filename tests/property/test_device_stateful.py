@@ -6,9 +6,9 @@ import tempfile
 import pytest
 
 from bas import open_device
-from bas.fault import FaultDevice
 from bas.testing.stateful import DeviceMachine
 from bas.testing.strategies import available_kinds, device_url
+from bas.wrappers.fault import FaultDevice
 
 
 def _machine_for(kind: str):

@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bas import open_device
-from bas.emu import batch_shape
-from bas.presets import PRESETS, get_preset, interference_from, overlapped_seconds
+from bas.braid.presets import PRESETS, get_preset, interference_from, overlapped_seconds
+from bas.wrappers.emu import batch_shape
 
 SIZE = 1 << 20
 presets = st.sampled_from(sorted(PRESETS))

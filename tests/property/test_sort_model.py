@@ -97,7 +97,7 @@ def test_sort_between_dram_devices_reads_keys_then_records_once():
 
 
 def test_emulated_sort_uses_the_preset_profile_and_virtual_time():
-    from bas.emu import EmuDevice
+    from bas.wrappers.emu import EmuDevice
 
     data = random_records(2000, 100, 10, seed=6)
     src = EmuDevice(open_device(f"dram://?size={len(data)}"), "nvme")
@@ -117,7 +117,7 @@ def test_emulated_sort_uses_the_preset_profile_and_virtual_time():
 @pytest.mark.parametrize("algorithm", ["kv-external", "mergesort"])
 def test_buffers_stay_within_the_budget(schedule, algorithm):
     """Regression: record staging was not in the plan and peaked at 2.7x the budget."""
-    from bas.emu import EmuDevice
+    from bas.wrappers.emu import EmuDevice
 
     data = random_records(20000, 100, 10, seed=8)
     src = EmuDevice(open_device(f"dram://?size={len(data)}"), "nvme")

@@ -2,7 +2,8 @@
 
 Store.put budgeted 512 bytes of index per tensor, but a tensor name may have 1 KiB: a disk
 tier was filled to 112 % of its capacity. A tier now charges what a checkpoint occupies on
-disk (ckpt.disk.checkpoint_bytes: the index file and the partitions, each rounded up to BLOCK).
+disk (ckpt.tiers.disk.checkpoint_bytes: the index file and the partitions, each rounded up to
+BLOCK).
 """
 
 import os
@@ -11,9 +12,9 @@ import pytest
 import torch
 
 import ckpt
-from ckpt import store as store_module
-from ckpt.disk import STATE_FILE
 from ckpt.format import BLOCK, align_up
+from ckpt.tiers.disk import STATE_FILE
+from ckpt.torch import store as store_module
 
 LONG = "n" * 1000  # tensor names of about 1 KiB
 
@@ -72,7 +73,7 @@ def test_the_plan_of_a_state_dict_is_what_save_writes(tmp_path):
     sds[-1]["tied"] = sds[-1]["a"]
     for i, sd in enumerate(sds):
         ckpt.save(sd, tmp_path / f"m{i}")
-        written = ckpt.disk.disk_bytes(str(tmp_path / f"m{i}"))
+        written = ckpt.tiers.disk.disk_bytes(str(tmp_path / f"m{i}"))
         assert written == on_disk(tmp_path / f"m{i}")
         assert written <= store_module._planned_bytes(sd) <= written + BLOCK
 

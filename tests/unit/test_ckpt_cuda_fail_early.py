@@ -22,9 +22,9 @@ def saved(tmp_path):
 
 
 def test_load_to_cuda_without_cuda_fails_before_reading(saved, monkeypatch):
-    import ckpt.loader
+    import ckpt.torch.loader
 
-    monkeypatch.setattr(ckpt.loader, "open_source", lambda *a, **k: pytest.fail("opened"))
+    monkeypatch.setattr(ckpt.torch.loader, "open_source", lambda *a, **k: pytest.fail("opened"))
     for device in ("cuda", "cuda:0", torch.device("cuda", 1)):
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             ckpt.load(saved, device)

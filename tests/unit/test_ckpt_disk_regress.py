@@ -8,7 +8,7 @@ import torch
 
 import ckpt
 from ckpt import atomic, source
-from ckpt.loader import load_from
+from ckpt.torch.loader import load_from
 
 OPTIONS = {"chunk_size": 4096, "partition_size": 8192, "alignment": 256}
 OLD = {"a": torch.arange(3000, dtype=torch.int32), "b": torch.ones(5)}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.disk import STATE_FILE
+from ckpt.tiers.disk import STATE_FILE
 
 SD = {"w": torch.arange(12, dtype=torch.float32), "b": torch.ones(3)}
 

@@ -118,7 +118,7 @@ def test_dtype_table_matches_torch_item_sizes():
 
 
 def test_dtype_names_refuse_quantized_and_sub_byte():
-    from ckpt.tensors import dtype_name
+    from ckpt.torch.tensors import dtype_name
 
     for dt in (torch.qint8, torch.quint8, torch.uint4, torch.int2):
         with pytest.raises(E.UnsupportedDtypeError):

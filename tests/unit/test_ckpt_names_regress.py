@@ -2,7 +2,7 @@
 
 A model named `store.json.tmp` was accepted and turned the disk tier's state file temporary
 into a directory: every later put, load and reopen failed. `a-/b` was accepted and lost on
-reopen (its directory `a---b` reads back as `a/-b`). Now one validator (ckpt.disk.check_name)
+reopen (its directory `a---b` reads back as `a/-b`). Now one validator (ckpt.tiers.disk.check_name)
 guards every verb of every tier and of the Store.
 """
 
@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ckpt
-import ckpt.tier
-from ckpt.disk import STATE_FILE, check_name
+import ckpt.tiers.tier
+from ckpt.tiers.disk import STATE_FILE, check_name
 
 SD = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
 RESERVED = ["store.json.tmp", "store.json", "Store.JSON.tmp", "store.lock", "store.json/x",
@@ -105,7 +105,7 @@ def _verbs(tmp_path):
         "disk.open": lambda n: disk.open(n).__enter__(),
         "dram.holds": dram.holds, "dram.open": lambda n: dram.open(n).__enter__(),
         "dram.remove": dram.remove, "dram.pins": dram.pins, "dram.index": dram.index,
-        "dram.keep": lambda n: dram.keep(n, ckpt.tier.Held(ckpt.Index(), b"", bytearray(0)),
+        "dram.keep": lambda n: dram.keep(n, ckpt.tiers.tier.Held(ckpt.Index(), b"", bytearray(0)),
                                           droppable=lambda _: True),
     }
 

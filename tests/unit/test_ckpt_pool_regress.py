@@ -2,8 +2,8 @@
 
 import gc
 
-from ckpt.dram import held_bytes
 from ckpt.pool import HostPool
+from ckpt.tiers.dram import held_bytes
 
 
 def test_pool_finalizer_inside_a_locked_section_does_not_deadlock():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import ckpt
-import ckpt.disk
-import ckpt.tier
-from ckpt.disk import STATE_FILE
+import ckpt.tiers.disk
+import ckpt.tiers.tier
+from ckpt.tiers.disk import STATE_FILE
 
 
 def _sd(seed: int, n: int = 4, side: int = 64) -> dict[str, torch.Tensor]:
@@ -58,10 +58,10 @@ def test_hit_cost_does_not_depend_on_bytes(tmp_path):
     sd = {"big": torch.zeros(4 << 20, dtype=torch.uint8), "small": torch.ones(3)}
     ckpt.save(sd, tmp_path / "m")
     with ckpt.open_source(tmp_path / "m") as source:
-        buf = ckpt.loader.read_host(source)
+        buf = ckpt.torch.loader.read_host(source)
         index = source.index
-        index_bytes = ckpt.disk.index_file(source.name)
-    held = tier.keep("m", ckpt.tier.Held(index, index_bytes, buf), droppable=lambda _: True)
+        index_bytes = ckpt.tiers.disk.index_file(source.name)
+    held = tier.keep("m", ckpt.tiers.tier.Held(index, index_bytes, buf), droppable=lambda _: True)
     buf[:] = 7  # the cache holds buf itself: a hit sees this write, proof that it copies nothing
     with tier.open("m") as reader:
         hit = reader.read()
@@ -133,7 +133,7 @@ def test_discarding_a_pinned_entry_keeps_its_bytes_counted_until_released(models
 def test_disk_tier_capacity_lru_and_state_survive_reopening(models, tmp_path):
     root = tmp_path / "ssd"
     remote = ckpt.DiskTier(tmp_path / "slow", 1 << 30, name="slow")
-    sizes = {n: ckpt.disk.disk_bytes(str(models[n][1])) for n in "abc"}
+    sizes = {n: ckpt.tiers.disk.disk_bytes(str(models[n][1])) for n in "abc"}
     room = max(sizes.values()) * 2
     store = ckpt.Store([ckpt.DiskTier(root, room), remote])
     for name in "abc":
@@ -152,7 +152,7 @@ def test_disk_tier_capacity_lru_and_state_survive_reopening(models, tmp_path):
 
 
 def test_only_copies_are_never_evicted(models, tmp_path):
-    sizes = [ckpt.disk.disk_bytes(str(models[n][1])) for n in "ab"]
+    sizes = [ckpt.tiers.disk.disk_bytes(str(models[n][1])) for n in "ab"]
     store = ckpt.Store([ckpt.DiskTier(tmp_path / "ssd", sum(sizes) + 100)])
     store.put("a", models["a"][1])
     store.put("b", models["b"][1])
@@ -190,7 +190,7 @@ def test_estimates_order_dram_local_remote(models, tmp_path):
 
 
 def test_estimates_use_the_tier_profile(tmp_path):
-    from bas.profile import Profile
+    from bas.braid.profile import Profile
 
     slow = Profile.from_preset("sata-ssd")
     fast = Profile.from_preset("nvme")
@@ -223,5 +223,5 @@ def test_tier_order_is_checked(tmp_path):
         ckpt.Store([ckpt.DiskTier(tmp_path, 1), ckpt.DramTier(1)])
     with pytest.raises(ValueError, match="fastest first"):
         ckpt.Store([ckpt.RemoteTier(str(tmp_path / "r")), ckpt.DiskTier(tmp_path / "d", 1)])
-    with pytest.raises(TypeError, match="ckpt.tier.Tier"):
+    with pytest.raises(TypeError, match="ckpt.tiers.tier.Tier"):
         ckpt.Store([object()])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.loader import read_packed
+from ckpt.torch.loader import read_packed
 from ckpt.unpack import Unpacker
 
 

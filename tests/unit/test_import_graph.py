@@ -98,3 +98,21 @@ def test_imports_flow_one_way():
                     and t.startswith("bas.sort")):
                 bad.append((mod, t))  # the device layer never imports the sort
     assert bad == []
+
+
+def test_layers_in_the_tree_hold():
+    """ckpt's framework-neutral core and its tiers never import the torch adapters (only the
+    package's lazy __getattr__, the CLI, the torch-file reader of convert and the golden-file
+    test kit may); bas's contracts never import a backend, wrapper or the BRAID model (the
+    registry imports backends by name, lazily, at open)."""
+    torch_users = ("ckpt.torch", "ckpt.__main__", "ckpt.testing", "ckpt.convert.torchfile")
+    bad = []
+    for mod, targets in _graph().items():
+        for t in targets:
+            if (mod.startswith("ckpt.") and not mod.startswith(torch_users)
+                    and t.startswith("ckpt.torch")):
+                bad.append((mod, t))
+            contract = mod in ("bas.device", "bas.namespace", "bas.errors", "bas.registry")
+            if contract and t.startswith(("bas.backends", "bas.wrappers", "bas.braid")):
+                bad.append((mod, t))
+    assert bad == []

@@ -161,7 +161,7 @@ def test_largest_entry_python_allows_is_one_c_sorts():
 def test_mapped_load_of_a_partition_truncated_meanwhile_raises_not_sigbus(tmp_path):
     proc = _run(f"""
         import os, faulthandler, torch, ckpt
-        from ckpt import mapped
+        from ckpt.torch import mapped
         faulthandler.enable()
         path = {str(tmp_path / "m.ckpt")!r}
         ckpt.save({{"w": torch.ones(4 << 20)}}, path, chunk_size=1 << 20)

@@ -3,7 +3,7 @@
 import pytest
 
 from bas import InvalidURLError
-from bas.presets import GB, PRESETS, Curve, get_preset, interference_from, overlapped_seconds
+from bas.braid.presets import GB, PRESETS, Curve, get_preset, interference_from, overlapped_seconds
 
 REQUIRED = {"optane-1dimm", "optane-6dimm", "nvme", "sata-ssd", "cxl-ssd", "dram"}
 

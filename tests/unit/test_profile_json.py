@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bas.presets import PRESETS, get_preset
-from bas.profile import SCHEMA, Profile, preset_threads, summary, table
+from bas.braid.presets import PRESETS, get_preset
+from bas.braid.profile import SCHEMA, Profile, preset_threads, summary, table
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

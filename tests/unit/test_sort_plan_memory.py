@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from bas import open_device
+from bas.braid.profile import Profile
 from bas.memory import MemoryInfo
-from bas.profile import Profile
 from bas.sort import sort
 from bas.sort.plan import make_plan
 from tests.sortcheck import random_records, stable_model

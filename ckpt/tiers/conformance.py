@@ -1,4 +1,4 @@
-"""TierConformance: the one test suite every ckpt.tier.Tier must pass (shipped, like
+"""TierConformance: the one test suite every ckpt.tiers.tier.Tier must pass (shipped, like
 bas.testing.DeviceConformance).
 
 Subclass it in a test module and override make_tier; a tier that outlives its object
@@ -18,10 +18,10 @@ import os
 import numpy as np
 import pytest
 
-from ckpt.disk import disk_bytes, index_file
 from ckpt.errors import CheckpointError, ModelNameError, NotACheckpointError
 from ckpt.source import open_source
-from ckpt.tier import Held, Tier
+from ckpt.tiers.disk import disk_bytes, index_file
+from ckpt.tiers.tier import Held, Tier
 from ckpt.writer import Writer
 
 __all__ = ["TierConformance"]

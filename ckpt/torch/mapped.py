@@ -37,7 +37,7 @@ from ckpt.format import Index
 from ckpt.reader import LoadStats, Progress, chunks_of, run_parallel
 from ckpt.safeopen import open_regular
 from ckpt.source import at_directory, read_index
-from ckpt.tensors import torch_dtype
+from ckpt.torch.tensors import torch_dtype
 
 __all__ = ["load_mapped"]
 

@@ -5,7 +5,7 @@
     RemoteTier("s3://bucket/ckpt")                   # needs the optional s3fs package
 
 A remote checkpoint is one object in the packed form, so a load is one sequential GET that
-`ckpt.loader.read_packed` consumes front to back (http(s) streams it without range requests).
+`ckpt.torch.loader.read_packed` consumes front to back (http(s) streams it without range requests).
 Errors of the transport (aiohttp, botocore, ...) become CheckpointIOError naming the URL.
 
 Transfers time out on silence, never on length: connect_timeout bounds setting up a
@@ -21,7 +21,6 @@ import os
 import posixpath
 from contextlib import contextmanager
 
-from ckpt.disk import check_name
 from ckpt.errors import (
     CheckpointError,
     CheckpointIOError,
@@ -30,7 +29,8 @@ from ckpt.errors import (
 )
 from ckpt.format import HEADER_SIZE, Index, decode_header
 from ckpt.host import pack, read_packed
-from ckpt.tier import Held, Sink, Tier, TierCapabilities, TierReader
+from ckpt.tiers.disk import check_name
+from ckpt.tiers.tier import Held, Sink, Tier, TierCapabilities, TierReader
 
 __all__ = ["CONNECT_TIMEOUT", "READ_TIMEOUT", "SUFFIX", "PackedReader", "RemoteStream",
            "RemoteTier", "open_packed", "open_url"]

@@ -18,8 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ckpt.cuda import check_cuda, host_to_cuda, read_to_cuda
-from ckpt.host import (  # noqa: F401 - pack, read_host, verify: part of ckpt.loader's API
+from ckpt.host import (  # noqa: F401 - pack, read_host, verify: part of ckpt.torch.loader's API
     _read_host,
     host_buffer,
     pack,
@@ -34,7 +33,8 @@ from ckpt.reader import (
     default_threads,
 )
 from ckpt.source import Source, open_source
-from ckpt.tensors import views
+from ckpt.torch.cuda import check_cuda, host_to_cuda, read_to_cuda
+from ckpt.torch.tensors import views
 
 __all__ = ["as_tensor", "load", "load_from", "load_stream", "pack", "read_host", "read_packed",
            "verify"]
@@ -50,7 +50,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
     """Every tensor of the checkpoint directory at path, on device ("cpu" or "cuda[:N]").
 
     mmap: None (default) gives CPU tensors as views of private copy-on-write mappings of the
-    partition files when no pool or direct= is given (no copy: see ckpt/mapped.py for the
+    partition files when no pool or direct= is given (no copy: see ckpt/torch/mapped.py for the
     trade-off), and reads into one anonymous buffer otherwise; False always reads (private
     memory, e.g. for pinning or when the files may be changed by others); True always maps.
 
@@ -58,10 +58,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
     verify: check every chunk's CRC-32 (default on). progress(done_bytes, total_bytes) is
     called from reader threads, serialised; on CUDA it counts bytes whose copy has ended.
     pool: borrow the host buffer (CPU) from it; CUDA loads stage through the process's own
-    bounded pinned slots (ckpt/cuda.py). stats: filled with bytes, threads and times. direct:
+    bounded pinned slots (ckpt/torch/cuda.py). stats: filled with bytes, threads and times. direct:
     None (default) takes each chunk from the page cache when it is there and reads the rest
     with O_DIRECT; True always O_DIRECT, False always the page cache (see open_source).
-    profile: a bas.profile.Profile of the disk.
+    profile: a bas.braid.profile.Profile of the disk.
     """
     start = time.perf_counter()
     device = check_cuda(device)  # a CUDA request without CUDA fails before anything is read
@@ -75,7 +75,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
         # (docs/BENCHMARKS.md). A pool (memory already faulted) or direct= asks for a copy.
         mmap = cpu and pool is None and direct is None
     if mmap:
-        from ckpt.mapped import load_mapped
+        from ckpt.torch.mapped import load_mapped
 
         return load_mapped(path, threads=threads or max(2, os.cpu_count() or 1),
                            verify=True if verify is None else bool(verify),

@@ -1,6 +1,6 @@
 """The tier contract: one place where ckpt.Store keeps checkpoints (the whole contract, one file).
 
-A tier holds checkpoints by key (a model name checked by ckpt.disk.check_name, or a key the
+A tier holds checkpoints by key (a model name checked by ckpt.tiers.disk.check_name, or a key the
 Store makes for a checkpoint outside the tiers). ckpt.Store sees tiers only through this
 class: it never asks what kind a tier is, it reads the capabilities below. Adding a tier
 (pmem, a peer server's DRAM, GPU memory) = one subclass + one TierConformance class

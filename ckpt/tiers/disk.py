@@ -42,7 +42,7 @@ from ckpt.format import BLOCK, HEADER_SIZE, INDEX_FILE, MAX_INDEX_BYTES, Index, 
 from ckpt.host import read_host
 from ckpt.safeopen import read_regular
 from ckpt.source import Source, index_ok, open_source, read_index
-from ckpt.tier import Droppable, Held, Sink, Tier, TierCapabilities, TierReader
+from ckpt.tiers.tier import Droppable, Held, Sink, Tier, TierCapabilities, TierReader
 from ckpt.unpack import Unpacker, copy_buffer, copy_dir
 
 __all__ = ["MAX_NAME_BYTES", "MAX_STATE_BYTES", "STATE_FILE", "DirectoryReader", "DiskTier",
@@ -133,7 +133,7 @@ def _valid_name(name: str) -> bool:
 class DiskTier(Tier):
     """Checkpoint directories under root, at most `capacity` bytes, least recently used out.
 
-    profile: a bas.profile.Profile measured on this disk (thread counts and estimates);
+    profile: a bas.braid.profile.Profile measured on this disk (thread counts and estimates);
     preset: the bas preset estimates use when there is no profile ("nvme", "optane-1dimm").
     direct: read with O_DIRECT where possible. ns: the bas.namespace.Namespace that copies,
     evictions and store.json go through (the local file system). Every method taking a name
@@ -349,7 +349,7 @@ class DiskTier(Tier):
 
     def _preset_profile(self):
         if self._estimator is None:
-            from bas.profile import Profile
+            from bas.braid.profile import Profile
 
             self._estimator = Profile.from_preset(self.preset)
         return self._estimator

@@ -1,12 +1,11 @@
 """Convert safetensors files (single or sharded), torch .pt/.bin files and Hugging Face model
 directories into checkpoints, streaming: one tensor (safetensors: one 8 MiB piece) at a time.
 
-A source is recognised by its content, never by its name: safetensors (u64 header length, then
-'{'), torch zip archives (a zip with a data.pkl), legacy torch files (pickle protocol 2-5) and
-JSON shard indexes; anything else is refused as "not a recognised format".
-
-torch files are read with torch.load(weights_only=True), which refuses to run pickled code,
-and mmap=True where the file allows, so tensors are paged in as they are written out.
+A source is recognised by its content, never by its name (detect/_sniff): safetensors (u64
+header length, then '{'), torch zip archives (a zip with a data.pkl), legacy torch files
+(pickle protocol 2-5) and JSON shard indexes; anything else is refused as "not a recognised
+format". READERS maps each kind to its reader: safetensors.py (bounded, no torch) and
+torchfile.py (torch.load(weights_only=True), imported only for torch files).
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ import struct
 import zipfile
 from collections.abc import Callable, Mapping
 
+from ckpt.convert.safetensors import MAX_HEADER, SafetensorsFile
 from ckpt.errors import ConvertError
 from ckpt.format import Index
-from ckpt.safetensors import MAX_HEADER, SafetensorsFile
 from ckpt.writer import Writer
 
 __all__ = ["convert", "detect"]
@@ -143,10 +142,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *,
     with Writer(dst, metadata=meta, **options) as writer:
         seen: set[str] = set()
         for path in files:
-            if kind == "safetensors":
-                _add_safetensors(writer, path, seen, progress)
-            else:
-                _add_torch(writer, path, seen, progress)
+            READERS[kind](writer, path, seen, _claim, progress)
     return writer.index
 
 
@@ -156,64 +152,20 @@ def _claim(seen: set[str], name: str, path: str) -> None:
     seen.add(name)
 
 
-def _add_safetensors(writer: Writer, path: str, seen: set[str], progress) -> None:
+def _add_safetensors(writer: Writer, path: str, seen: set[str], claim, progress) -> None:
     with SafetensorsFile(path) as st:
         for e in st.entries:
-            _claim(seen, e.name, path)
+            claim(seen, e.name, path)
             writer.add(e.name, e.dtype, e.shape, st.iter_bytes(e))
             if progress is not None:
                 progress(e.name)
 
 
-def _add_torch(writer: Writer, path: str, seen: set[str], progress) -> None:
-    from ckpt.tensors import dtype_name, plan, tensor_bytes
+def _add_torch(writer: Writer, path: str, seen: set[str], claim, progress) -> None:
+    from ckpt.convert.torchfile import add_torch_file  # torch only for torch files
 
-    state = _state_dict(_torch_load(path), path)
-    stored, aliases = plan(state)
-    for name in stored:
-        _claim(seen, name, path)
-        t = state[name]
-        writer.add(name, dtype_name(t.dtype), tuple(t.shape), tensor_bytes(t, name))
-        if progress is not None:
-            progress(name)
-    for name, target in aliases.items():
-        _claim(seen, name, path)
-        writer.alias(name, target)
+    add_torch_file(writer, path, seen, claim, progress)
 
 
-def _torch_load(path: str):
-    import torch
-
-    if path.endswith(".safetensors"):  # torch.load picks its reader by this suffix, not content
-        try:
-            with open(path, "rb") as f:
-                return torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as exc:  # the weights-only unpickler fails in many ways on odd bytes
-            raise ConvertError(f"{path}: refused or unreadable torch file ({exc!r})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):  # legacy (non-zip) files cannot be mapped: read them whole
-            raise ConvertError(f"{path}: torch.load failed: {exc}") from None
-    except Exception as exc:  # the weights-only unpickler fails in many ways on odd bytes
-        raise ConvertError(f"{path}: refused or unreadable torch file ({exc!r})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's legacy reader fails in many ways on odd files
-        raise ConvertError(f"{path}: refused or unreadable torch file ({exc})") from None
-
-
-def _state_dict(obj, path: str) -> Mapping:
-    import torch
-
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping):
-        raise ConvertError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ConvertError(f"{path}: entries that are not named tensors: {bad[:5]}")
-    return obj
-
+#: the format table: what detect() calls a source -> the reader that adds its tensors
+READERS = {"safetensors": _add_safetensors, "torch": _add_torch}

@@ -20,7 +20,7 @@ import numpy as np
 from bas.device import Device, Requests
 from bas.errors import DeviceClosedError, InvalidURLError
 from bas.registry import DeviceURL
-from bas.wrapper import WrapperDevice, inner_from_url
+from bas.wrappers.base import WrapperDevice, inner_from_url
 
 __all__ = ["FaultDevice"]
 

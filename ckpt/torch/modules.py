@@ -66,13 +66,13 @@ def load_into(module: nn.Module, source, *, device: str | torch.device = "cpu",
     tied again (a checkpoint may hold only one name of a tied group), real buffers move to
     device, and nothing may stay on the meta device. load_options go to ckpt.load.
     """
-    from ckpt.cuda import check_cuda
+    from ckpt.torch.cuda import check_cuda
 
     device = check_cuda(device)  # no CUDA: one clear error before anything is read or moved
     if isinstance(source, Mapping):
         tensors = dict(source)
     else:
-        from ckpt.loader import load
+        from ckpt.torch.loader import load
 
         tensors = load(source, device, **load_options)
     groups = _tied_groups(module)
@@ -138,7 +138,7 @@ def load_transformers(config, path: str | os.PathLike, *, device: str | torch.de
     """
     import transformers
 
-    from ckpt.cuda import check_cuda
+    from ckpt.torch.cuda import check_cuda
 
     check_cuda(device)  # before the model is built
     if config is None:

@@ -7,17 +7,17 @@
                                         # got.index (its metadata too)
     store.estimate_load_time("llama-1b") # {"dram": 0.001, "local": 0.5, "remote": 1.8}
 
-The Store sees its tiers only through the contract of ckpt/tier.py (it branches on
+The Store sees its tiers only through the contract of ckpt/tiers/tier.py (it branches on
 capabilities, never on a kind). A load takes the model from the fastest tier that holds it
 and promotes it into every faster tier with room: a remote miss streams the packed object
 once, loading it into memory and writing it into the fastest disk tier at the same time
 (published only when every chunk arrived and passed its CRC), then caches it in DRAM. Disk
 tiers are caches too: a checkpoint is evicted from one only when a slower tier (disk or
 remote) also holds it, so `put` never loses the only copy. Models are named ("llama-1b",
-"org/model"; every verb checks a name with ckpt.disk.check_name and raises ModelNameError, a
+"org/model"; every verb checks a name with ckpt.tiers.disk.check_name and raises ModelNameError, a
 ValueError, for a bad one); an absolute or ./ path to a checkpoint directory, or a URL of a
 packed checkpoint, works as well. A disk tier is charged what a checkpoint occupies there
-(ckpt.disk.checkpoint_bytes): `put` reserves the size of the index it will write before
+(ckpt.tiers.disk.checkpoint_bytes): `put` reserves the size of the index it will write before
 writing, and charges what was written.
 """
 
@@ -33,9 +33,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ckpt.cuda import check_cuda, host_to_cuda
-from ckpt.disk import DirectoryReader, check_name, checkpoint_bytes, disk_bytes
-from ckpt.dram import PATH_KEY
 from ckpt.errors import NotACheckpointError, SchemaError
 from ckpt.format import (
     BLOCK,
@@ -48,12 +45,15 @@ from ckpt.format import (
     align_up,
     partition_file_name,
 )
-from ckpt.loader import as_tensor
 from ckpt.reader import LoadStats
-from ckpt.remote import open_packed
 from ckpt.source import open_source, resolve_dir
-from ckpt.tensors import dtype_name, plan, save, views
-from ckpt.tier import Droppable, Tier, TierReader
+from ckpt.tiers.disk import DirectoryReader, check_name, checkpoint_bytes, disk_bytes
+from ckpt.tiers.dram import PATH_KEY
+from ckpt.tiers.remote import open_packed
+from ckpt.tiers.tier import Droppable, Tier, TierReader
+from ckpt.torch.cuda import check_cuda, host_to_cuda
+from ckpt.torch.loader import as_tensor
+from ckpt.torch.tensors import dtype_name, plan, save, views
 from ckpt.writer import DEFAULT_PARTITION_SIZE
 
 __all__ = ["URL_PREFIX", "Loaded", "Store"]
@@ -85,7 +85,7 @@ class _Target:
 
 class Store:
     """Tiers fastest first: caches (not persistent, e.g. DramTier), then persistent tiers the
-    store may evict from (DiskTier), then origins (RemoteTier). Any ckpt.tier.Tier works.
+    store may evict from (DiskTier), then origins (RemoteTier). Any ckpt.tiers.tier.Tier works.
 
     verify: check CRCs of disk and path loads (default on); remote bytes are always checked
     unless verify is False.
@@ -95,7 +95,7 @@ class Store:
         self.tiers = list(tiers)
         for t in self.tiers:
             if not isinstance(t, Tier):
-                raise TypeError(f"a tier is a ckpt.tier.Tier, got {type(t).__name__}")
+                raise TypeError(f"a tier is a ckpt.tiers.tier.Tier, got {type(t).__name__}")
         ranks = [_rank(t) for t in self.tiers]
         if ranks != sorted(ranks):
             raise ValueError(f"tiers go fastest first: caches, then persistent tiers the store "

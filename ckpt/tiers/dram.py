@@ -11,7 +11,7 @@ release anything.
 
 Tensors of a hit share memory with the cache: writing into them changes what later hits
 see (load a private copy with `clone()` when that matters). Entries are keyed by model name
-(checked by ckpt.disk.check_name, as in every tier) or by the key ckpt.Store gives a
+(checked by ckpt.tiers.disk.check_name, as in every tier) or by the key ckpt.Store gives a
 checkpoint directory outside the tiers (`check_key`). Thread-safe.
 """
 
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ckpt.disk import check_name
 from ckpt.errors import NotACheckpointError
 from ckpt.format import Index
 from ckpt.pool import HostPool
-from ckpt.tier import Held, Tier, TierCapabilities, TierReader
+from ckpt.tiers.disk import check_name
+from ckpt.tiers.tier import Held, Tier, TierCapabilities, TierReader
 
 __all__ = ["PATH_KEY", "TENSOR_SECONDS", "DramTier", "check_key"]
 

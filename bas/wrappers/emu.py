@@ -12,11 +12,11 @@ from urllib.parse import quote
 
 import numpy as np
 
+from bas.braid.presets import Preset, get_preset, overlapped_seconds
 from bas.device import Device, Requests
 from bas.errors import InvalidURLError
-from bas.presets import Preset, get_preset, overlapped_seconds
 from bas.registry import DeviceURL
-from bas.wrapper import WrapperDevice, inner_from_url
+from bas.wrappers.base import WrapperDevice, inner_from_url
 
 __all__ = ["EmuDevice", "EmuStats", "Medium"]
 
