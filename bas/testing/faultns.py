@@ -1,7 +1,7 @@
 """FaultNamespace: a namespace that fails chosen operations and forgets what was never synced.
 
-Like leveldb's FaultInjectionTestEnv, and bas/wrappers/fault.py for devices: the Nth counted operation
-raises OSError(fail_errno), and crash() puts the file system in a state a power loss could
+Like leveldb's FaultInjectionTestEnv, and bas/wrappers/fault.py for devices: the Nth counted
+operation raises OSError(fail_errno), and crash() puts the file system in a state a power loss could
 leave: every creation, mkdir, link, rename and exchange not yet followed by a sync_dir of its
 parent(s) is undone (newest first; a file a rename replaced gets its old bytes back), and every
 file created through this namespace loses the bytes past its last sync. Use it in tests only:
