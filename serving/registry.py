@@ -6,7 +6,7 @@
     store.load("llama-1b")                        # first load streams it into the disk tier
 
 Layout: under the base URL (a plain directory means file://DIR), model NAME is the single
-object `NAME.ckpt.pack` (ckpt.remote.SUFFIX; "org/model" is `org/model.ckpt.pack`): the packed
+object `NAME.ckpt.pack` (ckpt.tiers.remote.SUFFIX; "org/model" is `org/model.ckpt.pack`): the packed
 form of a ckpt checkpoint whose index metadata carries config.json, tokenizer.json,
 tokenizer_config.json and generation_config.json under the serving.protocol META_* keys, so
 whichever tier serves a load has them. Nothing else lives there, so `ckpt.RemoteTier(URL)` is
@@ -39,11 +39,11 @@ from collections.abc import Iterator, Mapping
 
 from ckpt import atomic
 from ckpt.convert import convert
-from ckpt.disk import check_name
 from ckpt.errors import CheckpointIOError, ConvertError, NotACheckpointError
 from ckpt.format import INDEX_FILE, MAX_INDEX_BYTES, Index
-from ckpt.remote import SUFFIX, RemoteTier
 from ckpt.source import read_index
+from ckpt.tiers.disk import check_name
+from ckpt.tiers.remote import SUFFIX, RemoteTier
 from serving.protocol import (
     META_CONFIG,
     META_GENERATION_CONFIG,

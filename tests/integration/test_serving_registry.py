@@ -241,7 +241,7 @@ def test_names_remove_and_info(tiny, tmp_path):
 
 
 def test_an_upload_that_fails_midway_keeps_the_previous_version(tiny, tmp_path, monkeypatch):
-    import ckpt.remote
+    import ckpt.tiers.remote
 
     reg = Registry(tmp_path / "registry")
     reg.deploy("m", tiny)
@@ -250,7 +250,7 @@ def test_an_upload_that_fails_midway_keeps_the_previous_version(tiny, tmp_path, 
         out.write(b"\x00" * 5000)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt.remote, "pack", broken_pack)
+    monkeypatch.setattr(ckpt.tiers.remote, "pack", broken_pack)
     with pytest.raises(ckpt.CheckpointIOError, match="upload failed"):
         reg.deploy("m", _bin(tiny, tmp_path / "v2", scale=2.0))
     monkeypatch.undo()
