@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bas-installed
 NATIVE := $(wildcard native/*.c native/*.h native/build_ffi.py)
 PROFILE_DIR ?= $(CURDIR)/.bas-run
+SERVE_DIR ?= $(CURDIR)/.serving
 
-.PHONY: setup sysdeps native run test test-asan lint bench clean
+.PHONY: setup sysdeps native run profile test test-asan lint bench clean
 
 setup: sysdeps $(STAMP) native
 
@@ -30,8 +31,13 @@ bas/.native-built: $(STAMP) $(NATIVE)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
-# The main job: profile this machine's DRAM and local file system, print the BRAID table.
+# The main job: serve the demo model (built on the first run, random weights) on 127.0.0.1:8343
+# in the foreground, OpenAI-compatible; it prints a curl and an openai example. Ctrl-C stops.
 run: setup
+	$(PY) -m serving.run --demo --store $(SERVE_DIR)
+
+# Profile this machine's DRAM and local file system, print the BRAID table.
+profile: setup
 	@mkdir -p $(PROFILE_DIR)
 	$(PY) -m bas.profile "dram://?size=256M" "file://$(PROFILE_DIR)/profile.bin?size=256M" \
 		--quick --save $(PROFILE_DIR) --plot $(PROFILE_DIR)/braid.png
@@ -62,4 +68,4 @@ bench: setup
 	$(PY) tools/bench --list
 
 clean:
-	rm -rf build $(VENV) bas/*.so bas/_bas_*.c bas/.native-built $(PROFILE_DIR)
+	rm -rf build $(VENV) bas/*.so bas/_bas_*.c bas/.native-built $(PROFILE_DIR) $(SERVE_DIR)

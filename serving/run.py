@@ -2,6 +2,7 @@
 
     python -m serving.run --model tiny=/models/tiny --workers 2 --port 8343
     python -m serving.run --config deploy.yaml --api-key KEY
+    python -m serving.run --demo          # `make run`: the demo model, built on the first run
 
     import serving
     serving.run(port=8343, models=["tiny=/models/tiny"])    # blocks until Ctrl-C / SIGTERM
@@ -18,22 +19,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import sys
 import threading
 import time
 import types
 from typing import Any
 
-from serving.config import Config, ConfigError, load_config
+from serving.config import Config, ConfigError, ModelSpec, load_config
 
 __all__ = ["Server", "build_app", "main", "run"]
 
 log = logging.getLogger("serving.run")
 
 
-def build_app(config: Config):
-    """(FastAPI app, Controller): the controller starts and stops with the app's lifespan."""
+def build_app(config: Config, *, announce: bool = False):
+    """(FastAPI app, Controller): the controller starts and stops with the app's lifespan.
+    announce: print ready-to-paste client examples once the server is ready."""
     from serving.api import make_app
     from serving.controller import Controller
 
@@ -43,6 +47,8 @@ def build_app(config: Config):
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         await controller.start()
+        if announce:
+            print(_examples(config, controller.models()), flush=True)
         try:
             yield
         finally:
@@ -73,8 +79,11 @@ def run(config: Config | str | None = None, **overrides: Any) -> None:
     elif overrides:
         raise TypeError("pass overrides with a config file's path, not with a Config")
     _logging()
-    app, controller = build_app(config)
-    _uvicorn(config, app, controller).run()
+    app, controller = build_app(config, announce=True)
+    try:
+        _uvicorn(config, app, controller).run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C once its graceful shutdown is done: nothing left to do
 
 
 class Server:
@@ -153,16 +162,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--api-key", dest="api_key")
     parser.add_argument("--store", help="directory of the registry and the workers' tiers")
+    parser.add_argument("--demo", action="store_true",
+                        help="also serve the demo model as 'demo' (a ~98 M-parameter Llama "
+                             "with RANDOM weights, built in STORE/demo-model on the first run)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, host=args.host, port=args.port,
                              workers=args.workers, api_key=args.api_key, store=args.store,
                              models=args.model)
+        if args.demo and config.model("demo") is None:
+            config.models.append(ModelSpec("demo", _demo_model(config.store)))
     except ConfigError as exc:
         print(f"serving.run: {exc}", file=sys.stderr)
         return 2
     run(config)
     return 0
+
+
+def _demo_model(store: str) -> str:
+    from serving.demo import make_demo
+
+    where = os.path.join(store, "demo-model")
+    if not os.path.isdir(where):
+        print(f"serving.run: building the demo model in {where} (first run only: a Llama of "
+              f"~98 M parameters with random weights and a BPE tokenizer trained on this "
+              f"machine's text)", flush=True)
+    return make_demo(where)
+
+
+def _examples(config: Config, models: list[dict]) -> str:
+    """Ready-to-paste client calls against this server (the first deployed model)."""
+    if not models:
+        return (f"serving on http://{config.host}:{config.port} with no models: deploy one "
+                f"with `python -m serving deploy NAME PATH`")
+    model = models[0]["id"]
+    base = f"http://{config.host}:{config.port}"
+    key = config.api_key or "none"
+    auth = f" -H 'Authorization: Bearer {config.api_key}'" if config.api_key else ""
+    body = json.dumps({"model": model, "max_tokens": 32, "stream": True,
+                       "messages": [{"role": "user", "content": "Hello"}]})
+    return f"""
+serving {[m["id"] for m in models]} on {base}  (Ctrl-C stops; the first request is a cold start)
+
+  curl -sN {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
+    -d '{body}'
+
+  .venv/bin/python -c "
+from openai import OpenAI
+client = OpenAI(base_url='{base}/v1', api_key='{key}')
+out = client.chat.completions.create(model='{model}', max_tokens=32,
+    messages=[{{'role': 'user', 'content': 'Hello'}}])
+print(out.choices[0].message.content)"
+"""
 
 
 def _logging() -> None:
