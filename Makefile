@@ -64,7 +64,7 @@ lint: setup
 # pin of requirements.lock (a peer's own torch requirement must not replace it), then checked.
 bench: setup
 	$(PY) -m pip install -q --no-deps -r requirements-bench.lock
-	$(PY) -c "import duckdb, polars, pyarrow, tensorizer, fastsafetensors, runai_model_streamer"
+	$(PY) -c "import duckdb, polars, pyarrow, tensorizer, fastsafetensors, runai_model_streamer, accelerate"
 	$(PY) tools/bench --list
 
 clean:

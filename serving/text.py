@@ -129,6 +129,7 @@ def _content(content) -> str:
 def _environment():
     """The jinja environment transformers renders chat templates in."""
     import jinja2
+    import jinja2.ext  # loopcontrols: not loaded by `import jinja2` alone
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):

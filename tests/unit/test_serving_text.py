@@ -156,3 +156,27 @@ def test_pick_greedy_topk1_and_seeded_sampling():
     assert first != draws(SamplingParams(temperature=2.0, top_p=0.9, top_k=20, seed=6))
     allowed = set(torch.topk(logits[0], 20).indices.tolist())
     assert set(first) <= allowed
+
+
+def test_chat_template_renders_in_a_process_that_never_imported_transformers(tmp_path):
+    """Regression: a worker or controller that had not imported transformers failed every chat
+    request with AttributeError: module 'jinja2' has no attribute 'ext' (a 500)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from tokenizers import Tokenizer, models
+        from serving.text import Text
+        tok = Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+        config = {"chat_template": "{% for m in messages %}{% if loop.first %}{% continue %}"
+                                   "{% endif %}{{ m.content }}{% endfor %}"}
+        text = Text(tok.to_str(), tokenizer_config=config)
+        assert "transformers" not in sys.modules and "jinja2.ext" not in sys.modules
+        print(text.render([{"role": "system", "content": "s"}, {"role": "user", "content": "a"}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "a"
