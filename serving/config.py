@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.policy import POLICIES
+
 __all__ = ["Config", "ConfigError", "ModelSpec", "load_config", "parse_model_arg",
            "parse_size"]
 
@@ -31,6 +33,11 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
           "gib": 1 << 30, "tib": 1 << 40}
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
+
+
+#: where workers run: "local" (processes on this machine, serving.process) or "ray" (actors
+#: on a Ray cluster's nodes, serving.rayworker; needs the bas[ray] extra)
+BACKENDS = ("local", "ray")
 
 
 class ConfigError(ValueError):
@@ -69,7 +76,7 @@ class ModelSpec:
     name: str
     path: str | None = None
     min_instances: int = 0
-    max_instances: int = 1
+    max_instances: int = 8  # scale out with the load, one instance per worker at most
     target_concurrency: int = 8
     keep_alive: float = 300.0
     max_prompt_tokens: int | None = None
@@ -101,10 +108,13 @@ class Config:
     """Everything `serving.run` needs; defaults serve one machine on 127.0.0.1:8343.
 
     store: the root of the local state (STORE/registry, STORE/workers/I); registry: the
-    registry's directory or URL (default STORE/registry). Each worker stands for one server
-    with its own DRAM tier (dram_per_worker bytes, 0 for none) and disk tier
-    (disk_per_worker bytes under STORE/workers/I). heartbeat: seconds between "wait" events
-    of a request held up by a cold start or a queue.
+    registry's directory or URL (default STORE/registry). policy: the serving.policy that
+    places cold starts ("locality", "locality+migration", "random", "least-loaded"). Each
+    worker stands for one server with its own DRAM tier (dram_per_worker bytes, 0 for
+    none) and disk tier (disk_per_worker bytes under STORE/workers/I). backend "ray": every
+    worker is a Ray actor on a node of the cluster at address, holding one of its server
+    slots, with its tiers on that node (serving.rayworker). heartbeat: seconds
+    between "wait" events of a request held up by a cold start or a queue.
     """
 
     host: str = "127.0.0.1"
@@ -121,6 +131,9 @@ class Config:
     heartbeat: float = 3.0
     threads_per_worker: int | None = None  # None: cores // workers, at least 1
     device: str = "cpu"
+    policy: str = "locality"  # serving.policy.POLICIES: where cold starts go
+    backend: str = "local"  # BACKENDS: worker processes here, or Ray actors on a cluster
+    address: str | None = None  # backend "ray": the cluster (None: a Ray instance here)
     models: list[ModelSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -140,6 +153,15 @@ class Config:
             raise ConfigError(f"heartbeat: must be more than 0, got {self.heartbeat}")
         if self.threads_per_worker is not None:
             _check_int(self.threads_per_worker, "threads_per_worker", minimum=1)
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
+            raise ConfigError(f"policy: {self.policy!r} is not a placement policy; known: "
+                              f"{sorted(POLICIES)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: {self.backend!r} is not a backend; known: {BACKENDS}")
+        if self.address is not None and (self.backend != "ray" or not isinstance(
+                self.address, str) or not self.address):
+            raise ConfigError(f"address: {self.address!r}: a Ray cluster's address (such as "
+                              f"auto or HOST:6379), for backend: ray only")
         self.store = os.fspath(self.store)
         if self.registry is not None:
             self.registry = os.fspath(self.registry)

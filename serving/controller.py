@@ -10,11 +10,15 @@ Runs in one asyncio loop (uvicorn's) and sees workers only through serving.worke
 nothing here knows about processes. Lifecycle of a model: requests queue per deployment; an
 instance (one worker holding the model) takes up to target_concurrency of them at a time;
 when the queue outgrows the instances being started, another one cold-starts (up to
-max_instances) on the worker serving.placement picks (tiers already holding the checkpoint
-first), or on a worker freed by unloading the least recently used idle instance of another
-model. An instance idle for keep_alive seconds is unloaded (down to min_instances; a timer,
-no polling). A dead worker's requests get 503 error events, its instance is forgotten, and a
-fresh worker replaces it.
+max_instances) where the configured serving.policy places it (by default the lowest
+estimated startup time: load-queue wait + bytes / bandwidth of the fastest tier holding the
+checkpoint, from serving.estimates, which each completed load corrects), on a free worker or
+one freed by unloading an idle instance of another model; every placement's candidates and
+estimates go to the log and /metrics. An instance idle for keep_alive seconds is unloaded
+(down to min_instances; a timer, no polling). A dead worker's requests get 503 error events,
+its instance is forgotten, and a fresh worker replaces it. A running request can move to
+another worker by its token ids (serving.migration: `migrate`, `evacuate`, and the
+`locality+migration` policy's proposals); the client's stream goes on without a gap.
 """
 
 from __future__ import annotations
@@ -30,8 +34,20 @@ from typing import Any
 
 from serving.config import Config, ConfigError, ModelSpec
 from serving.deployments import Deployments
+from serving.estimates import Estimates
 from serving.metrics import Metrics
-from serving.placement import WorkerView, choose_victim, place
+from serving.migration import MigrationSettings, Move, measure_cost
+from serving.policy import (
+    REGISTRY,
+    Candidate,
+    Decision,
+    Inference,
+    Migration,
+    ModelInfo,
+    ServerView,
+    Snapshot,
+    get_policy,
+)
 from serving.process import ProcessWorker
 from serving.protocol import Event, GenerateRequest, ServingError
 from serving.worker import LoadReport, Worker, WorkerDied, WorkerError, WorkerSpec
@@ -54,6 +70,9 @@ class _Request:
         self.instance: _Instance | None = None
         self.state = "queued"  # queued -> running -> ended
         self.last_token: float | None = None
+        self.generated = 0  # output tokens so far (a migration's cost grows with them)
+        self.output: list[int] = []  # their ids, as relayed to the client
+        self.migration: Move | None = None  # a live migration in progress
 
 
 class _Instance:
@@ -67,6 +86,11 @@ class _Instance:
         self.report: LoadReport | None = None
         self.started = 0.0  # loop time the cold start began
         self.first_token_logged = False
+        self.estimate: Candidate | None = None  # the placement's, compared with the load
+        self.draining = False  # its inferences are being migrated away: takes no more
+        self.moving_in = 0  # migrations on their way here: keeps it from idling out
+        self.loaded: asyncio.Task | None = None  # a migration destination's cold start
+        self.destination = False  # started for a migration: no queue waits on its load
 
 
 class _Deployment:
@@ -79,6 +103,8 @@ class _Deployment:
         self.text: asyncio.Future | None = None
         self.cold_starts = 0
         self.load_deaths = 0
+        self.nbytes = 0  # checkpoint bytes and tensors, for placement estimates
+        self.ntensors = 1
 
     def live(self) -> list[_Instance]:
         return [i for i in self.instances if i.state in ("loading", "ready")]
@@ -88,10 +114,10 @@ class Controller:
     """Serves deployed models on workers; see the module docstring. Not thread-safe: every
     method runs in the event loop that ran start()."""
 
-    def __init__(self, config: Config, *, worker_factory=ProcessWorker):
+    def __init__(self, config: Config, *, worker_factory=None):
         self.config = config
         self.metrics = Metrics()
-        self._factory = worker_factory
+        self._factory = worker_factory or _worker_factory(config)
         self._deployments = Deployments(config)
         self._models: dict[str, _Deployment] = {}
         self._workers: list[Worker] = []
@@ -103,6 +129,11 @@ class Controller:
         self._drained: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._policy = get_policy(config.policy)
+        self._estimates = Estimates()
+        self._migration_costs: dict[str, tuple[float, float]] = {}  # model -> (a, b)
+        self.migration_settings = MigrationSettings()
+        self._no_migration_until: dict[int, float] = {}  # source worker -> loop time
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -120,7 +151,9 @@ class Controller:
         self._drained.set()
         for spec in self.config.models:
             version = await asyncio.to_thread(self._deployments.ensure, spec.name, spec.path)
-            self._models[spec.name] = _Deployment(spec, version, int(time.time()))
+            dep = self._models[spec.name] = _Deployment(spec, version, int(time.time()))
+            dep.nbytes, dep.ntensors = await asyncio.to_thread(self._deployments.size,
+                                                               spec.name)
         self._workers = [self._factory(self._spec(i)) for i in range(self.config.workers)]
         try:
             await asyncio.gather(*(self._start_worker(w) for w in self._workers))
@@ -294,11 +327,27 @@ class Controller:
                              lambda event: self._on_event(r, event))
 
     def _on_event(self, r: _Request, event: Event) -> None:
+        """The relay of r's events from whichever worker runs it (serving.migration)."""
         if r.state == "ended":
             return
+        if event.kind == "done" and event.finish_reason == "migrated":
+            if r.migration is not None:
+                r.migration.handed_over(event)  # not the client's: the move goes on
+                return
+            event = Event("error", status=500, message="the worker handed the request over "
+                          "to no one")
+        if event.kind == "token" and event.index is not None and event.index != len(r.output):
+            if event.index < len(r.output):
+                log.error("%s: token %d relayed twice; dropped", r.rid, event.index)
+                return
+            event = Event("error", status=500, message=f"tokens {len(r.output)} to "
+                          f"{event.index - 1} were lost")
         if event.kind in ("done", "error"):
             self._end(r, event)
         else:
+            r.generated += len(event.token_ids)
+            if event.kind == "token":
+                r.output.extend(event.token_ids)
             r.events.put_nowait(event)
 
     def _end(self, r: _Request, event: Event) -> None:
@@ -324,6 +373,8 @@ class Controller:
                 pass
             self.metrics.queue_length(dep.spec.name, len(dep.queue))
         inst = r.instance
+        if r.migration is not None:
+            r.migration.ended()  # drops the destination's part
         if was == "running" and inst is not None:
             inst.worker.cancel(r.rid)  # no-op when the worker already ended it
             inst.active.discard(r)
@@ -358,33 +409,74 @@ class Controller:
             self._pump(dep)
 
     def _scale_up(self, dep: _Deployment) -> bool:
-        """Start one instance of dep on a free worker, or on one freed by unloading an
-        idle instance of another model; False when there is none."""
+        """Start one instance of dep where the policy places it (a free worker, or one freed
+        by unloading an idle instance of another model); False when there is none."""
         name = dep.spec.name
-        views = self._views()
-        choice = place(name, views)
+        decision = self._policy.place(name, self._snapshot())
+        if decision.migration is not None and self._migrate_for(dep, decision.migration):
+            return True
+        chosen = decision.chosen
+        if chosen is None:
+            log.debug("%s: no free worker and no idle instance to replace", name)
+            return False
+        worker = self._workers[chosen.server]
         victim = None
-        if choice is None:
-            index = choose_victim(views, name)
-            if index is None:
-                log.debug("%s: no free worker and no idle instance to replace", name)
-                return False
-            victim = self._assigned[index]
-            worker = victim.worker
-            log.info("%s: unloading idle %s on %s (least recently used) to make room", name,
-                     victim.model, worker.name)
+        if chosen.evict is not None:
+            victim = self._assigned[chosen.server]
+            log.info("%s: unloading idle %s on %s to make room", name, victim.model,
+                     worker.name)
             self._retire(victim)
-        else:
-            worker = self._workers[choice.worker]
-            log.info("%s: cold start on %s (expected tier %s); candidates %s", name,
-                     worker.name, choice.tier,
-                     [(self._workers[i].name, t) for i, t in choice.candidates])
+        self._log_placement(decision, chosen)
         inst = _Instance(name, worker)
         inst.started = self._loop.time()
+        inst.estimate = chosen
         dep.instances.append(inst)
         self._assigned[worker.spec.index] = inst
         self._spawn(self._cold_start(dep, inst, victim))
         return True
+
+    def _migrate_for(self, dep: _Deployment, migration: Migration) -> bool:
+        """Carry out the policy's proposal to free migration.source for dep (see
+        serving.policy's Decision contract); whether it was taken (False: the controller
+        starts on Decision.server instead). Taken: the source's inferences move to the
+        destination (loading their model there), then dep starts on the source; if any
+        stays, dep's start goes where the policy places it without that source."""
+        m, name = migration, dep.spec.name
+        src = self._assigned.get(m.source)
+        moved_dep = self._models.get(m.model)
+        destination = self._workers[m.destination]
+        if (src is None or src.state != "ready" or src.model != m.model or src.draining
+                or not src.active or moved_dep is None or m.source == m.destination
+                or self._assigned.get(m.destination) is not None or not destination.alive
+                or self._loop.time() < self._no_migration_until.get(m.source, 0.0)):
+            return False
+        log.info("%s: moving %d inference(s) of %s off %s to %s (estimated %.3f s), then "
+                 "starting there", name, len(src.active), m.model, src.worker.name,
+                 destination.name, m.cost)
+        dest = self._new_instance(moved_dep, destination)
+        start = _Instance(name, src.worker)  # counted as coming; assigned once src is free
+        start.started = self._loop.time()
+        start.estimate = m.start
+        dep.instances.append(start)
+        src.draining = True
+        self._spawn(self._evacuate_then_start(dep, start, src, dest))
+        return True
+
+    def _log_placement(self, decision: Decision, chosen: Candidate) -> None:
+        name, worker = decision.model, self._workers[chosen.server]
+        log.info("%s: cold start on %s by %s, expected %.3f s from %s; candidates %s", name,
+                 worker.name, decision.policy, chosen.seconds, chosen.tier,
+                 ", ".join(f"{self._workers[c.server].name} {c.seconds:.3f} s ({c.tier})"
+                           for c in decision.candidates[:8]))
+        log.debug("%s: why %s: %s", name, worker.name, chosen.why)
+        self.metrics.placement(name, worker.name, decision.policy, chosen.tier,
+                               [(self._workers[c.server].name, c.seconds)
+                                for c in decision.candidates])
+
+    def set_migration_cost(self, model: str, a: float, b: float) -> None:
+        """The migration cost model of model: a * tokens + b seconds per moved inference
+        (measured at deploy time by serving.migration); policies weigh migrations with it."""
+        self._migration_costs[model] = (float(a), float(b))
 
     async def _cold_start(self, dep: _Deployment, inst: _Instance,
                           victim: _Instance | None) -> None:
@@ -404,11 +496,13 @@ class Controller:
         except WorkerError as exc:
             log.error("%s: cold start on %s failed: %s", name, worker.name, exc)
             self._drop_instance(dep, inst)
-            self._fail_queue(dep, 503, f"model {name!r} failed to load: {exc}")
+            if not inst.destination:
+                self._fail_queue(dep, 503, f"model {name!r} failed to load: {exc}")
             self._pump_all()
             return
         dep.load_deaths = 0
         inst.report = report
+        self._observe_load(inst, report)
         current = self._models.get(name)
         if inst.state != "loading" or current is None or inst not in current.instances:
             inst.state = "unloading"  # deleted or redeployed while it loaded
@@ -425,6 +519,8 @@ class Controller:
                  report.build_seconds, len(dep.queue))
         self._pump(dep)
         self._maybe_idle(dep, inst)
+        if "migration" in self._policy.name and name not in self._migration_costs:
+            self._spawn(self._measure_cost(dep, inst))
 
     def _maybe_idle(self, dep: _Deployment, inst: _Instance) -> None:
         """Arm the keep-alive timer of an instance that serves nothing."""
@@ -435,7 +531,7 @@ class Controller:
     def _expire(self, dep: _Deployment, inst: _Instance) -> None:
         inst.timer = None
         dep = self._models.get(inst.model, dep)  # the spec may have been redeployed
-        if inst.active or inst.state != "ready":
+        if inst.active or inst.moving_in or inst.state != "ready":
             return
         ready = [i for i in dep.instances if i.state == "ready"]
         if len(ready) <= dep.spec.min_instances or self._stopping:
@@ -488,19 +584,48 @@ class Controller:
             inst.timer.cancel()
             inst.timer = None
 
-    def _views(self) -> list[WorkerView]:
-        views = []
+    def _snapshot(self) -> Snapshot:
+        """The cluster as policies see it (serving.policy). Every queue_wait is 0: a worker
+        loads one instance at a time and is free only when nothing loads there."""
+        servers = []
         for w in self._workers:
-            inst = self._assigned.get(w.spec.index)
-            idle = False
-            if inst is not None and inst.state == "ready" and not inst.active:
-                dep = self._models.get(inst.model)
-                ready = sum(i.state == "ready" for i in dep.instances) if dep else 0
-                idle = dep is None or ready > dep.spec.min_instances
-            views.append(WorkerView(w.spec.index, w.alive and inst is None, dict(w.tiers),
-                                    inst.model if inst is not None else None, idle,
-                                    inst.last_used if inst is not None else 0.0))
-        return views
+            index = w.spec.index
+            inst = self._assigned.get(index)
+            reclaimable, running = False, ()
+            if inst is not None and inst.state == "ready":
+                running = tuple(Inference(r.rid, inst.model, len(r.ids) + r.generated)
+                                for r in inst.active)
+                if not inst.active and not inst.moving_in:
+                    dep = self._models.get(inst.model)
+                    ready = sum(i.state == "ready" for i in dep.instances) if dep else 0
+                    reclaimable = dep is None or ready > dep.spec.min_instances
+            servers.append(ServerView(
+                index, w.name, alive=w.alive, free=w.alive and inst is None,
+                model=inst.model if inst is not None else None, running=running,
+                reclaimable=reclaimable, last_used=inst.last_used if inst is not None else 0.0,
+                load=len(inst.active) if inst is not None else 0,
+                tiers=tuple(self._estimates.tier(index, t, held) for t, held in w.tiers.items()),
+                registry=self._estimates.tier(index, REGISTRY)))
+        models = [ModelInfo(name, dep.nbytes, dep.ntensors,
+                            *self._migration_costs.get(name, (0.0, 0.0)))
+                  for name, dep in self._models.items()]
+        return Snapshot.of(servers, models)
+
+    def _observe_load(self, inst: _Instance, report: LoadReport) -> None:
+        """A load completed: correct the estimates of its worker's tier (event-driven)."""
+        worker = inst.worker
+        est = self._estimates.observe(worker.spec.index, report.tier, report.nbytes,
+                                      report.load_seconds)
+        self.metrics.bandwidth(worker.name, report.tier, est.bandwidth)
+        dep = self._models.get(inst.model)
+        if dep is not None and report.nbytes > 0:
+            dep.nbytes = report.nbytes
+        expected = inst.estimate
+        if expected is not None and expected.tier == report.tier:
+            self.metrics.load_estimate(report.tier, expected.load_seconds, report.load_seconds)
+        elif expected is not None:
+            log.info("%s on %s: expected a load from %s, served from %s", inst.model,
+                     worker.name, expected.tier, report.tier)
 
     # -- workers -------------------------------------------------------------------------
 
@@ -513,6 +638,10 @@ class Controller:
     async def _start_worker(self, worker: Worker) -> None:
         worker.on_death = self._on_death
         await worker.start()
+        self._estimates.seed(worker.spec.index, worker.estimates)
+        for tier, est in self._estimates.table().items():
+            if tier[0] == worker.spec.index:
+                self.metrics.bandwidth(worker.name, tier[1], est.bandwidth)
         log.info("%s ready (pid %s, tiers %s)", worker.name, worker.pid, worker.tiers)
 
     def _on_death(self, worker: Worker, reason: str) -> None:
@@ -545,15 +674,149 @@ class Controller:
             return
         self._pump_all()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("controller task failed", exc_info=task.exception())
+
+    # -- live migration (serving.migration) ----------------------------------------------
+
+    async def migrate(self, request_id: str, destination: int) -> bool:
+        """Move a running request (the id its worker knows it by) to worker destination,
+        token based; True once it runs there, False when it stays where it was (the client
+        notices nothing either way). A free destination first loads the model; one holding
+        a ready instance of it with room takes it directly."""
+        r = next((x for x in self._requests if x.rid == request_id), None)
+        if r is None or r.state != "running" or r.migration is not None:
+            return False
+        src = r.instance
+        if src is None or src.state != "ready" or destination == src.worker.spec.index:
+            return False
+        dest = self._assigned.get(destination)
+        if dest is None:
+            worker = self._workers[destination]
+            dep = self._models.get(src.model)
+            if not worker.alive or dep is None:
+                return False
+            dest = self._new_instance(dep, worker)
+        else:
+            dep = self._models.get(src.model)
+            if (dep is None or dest.model != src.model or dest.state != "ready"
+                    or len(dest.active) + dest.moving_in >= dep.spec.target_concurrency):
+                return False
+        return await self._migrate_to(r, dest)
+
+    async def evacuate(self, source: int, destination: int) -> bool:
+        """Move every request running on worker source's instance to worker destination
+        (see migrate); True when none is left on the source."""
+        src, dest = self._assigned.get(source), self._assigned.get(destination)
+        dep = self._models.get(src.model) if src is not None else None
+        if src is None or src.state != "ready" or dep is None or source == destination:
+            return False
+        if dest is None and self._workers[destination].alive:
+            dest = self._new_instance(dep, self._workers[destination])
+        elif dest is None or dest.model != src.model:
+            return False
+        was, src.draining = src.draining, True
+        try:
+            await asyncio.gather(*(self._migrate_to(r, dest) for r in list(src.active)))
+        finally:
+            src.draining = was
+        return not src.active
+
+    def _new_instance(self, dep: _Deployment, worker: Worker) -> _Instance:
+        """A loading instance of dep on a free worker, in the books (a destination)."""
+        inst = _Instance(dep.spec.name, worker)
+        inst.started = self._loop.time()
+        inst.destination = True
+        dep.instances.append(inst)
+        self._assigned[worker.spec.index] = inst
+        inst.loaded = self._spawn(self._cold_start(dep, inst, None))
+        return inst
+
+    async def _migrate_to(self, r: _Request, dest: _Instance) -> bool:
+        src = r.instance
+        dest.moving_in += 1
+        try:
+            if dest.loaded is not None:
+                await asyncio.shield(dest.loaded)
+            if (dest.state != "ready" or r.state != "running" or r.instance is not src
+                    or r.migration is not None):
+                return False
+            move = Move(r.rid, r.ids, r.req.params, src.model, src.worker, dest.worker,
+                        self.migration_settings)
+            r.migration = move
+
+            def commit() -> None:  # the destination's first token is about to be relayed
+                src.active.discard(r)
+                src.last_used = self._loop.time()
+                r.instance = dest
+                r.migration = None
+                dest.active.add(r)
+                self._cancel_timer(dest)
+
+            try:
+                moved = await move.run(lambda: r.output, lambda ev: self._on_event(r, ev),
+                                       commit)
+            finally:
+                if r.migration is move:
+                    r.migration = None
+        finally:
+            dest.moving_in -= 1
+        dep = self._models.get(src.model)
+        if dep is not None:
+            self._maybe_idle(dep, dest)
+            if moved and not src.draining:
+                self._pump(dep)
+                self._maybe_idle(dep, src)
+        return moved
+
+    async def _evacuate_then_start(self, dep: _Deployment, start: _Instance, src: _Instance,
+                                   dest: _Instance) -> None:
+        """The policy's migration: empty src into dest, then start dep's instance on src's
+        worker (src is unloaded first); when src keeps an inference, start dep elsewhere."""
+        index = src.worker.spec.index
+        try:
+            await asyncio.gather(*(self._migrate_to(r, dest) for r in list(src.active)))
+        finally:
+            src.draining = False
+        if start.state != "loading" or self._models.get(dep.spec.name) is not dep:
+            self._drop_instance(dep, start)  # deleted or redeployed meanwhile
+        elif src.active or src.state != "ready" or self._assigned.get(index) is not src:
+            self._no_migration_until[index] = self._loop.time() + 10.0
+            log.warning("%s: %s could not be emptied; starting elsewhere", dep.spec.name,
+                        src.worker.name)
+            self._drop_instance(dep, start)
+        else:
+            self._retire(src)
+            self._assigned[index] = start
+            await self._cold_start(dep, start, src)
+            return
+        moved = self._models.get(src.model)
+        if moved is not None and src.state == "ready":
+            self._pump(moved)
+            self._maybe_idle(moved, src)
+        self._pump(dep)
+
+    async def _measure_cost(self, dep: _Deployment, inst: _Instance) -> None:
+        """The migration cost model of dep's model, timed on inst's worker (once)."""
+        name = dep.spec.name
+        try:
+            text, context = await self._text(dep)
+            sample = text.encode("The quick brown fox jumps over the lazy dog. " * 4)
+            a, b = await measure_cost(inst.worker, name, sample, context)
+        except (WorkerError, ServingError) as exc:
+            log.warning("%s: migration cost not measured: %s", name, exc)
+            return
+        self.set_migration_cost(name, a, b)
+        log.info("%s: migration cost %.6f s/token + %.4f s (on %s)", name, a, b,
+                 inst.worker.name)
 
     # -- deployments ---------------------------------------------------------------------
 
@@ -588,6 +851,7 @@ class Controller:
             raise ServingError(400, f"cannot deploy {name!r}: {exc}") from exc
         old = self._models.get(name)
         dep = _Deployment(new, version, int(time.time()))
+        dep.nbytes, dep.ntensors = await asyncio.to_thread(self._deployments.size, name)
         if old is not None:
             dep.created = old.created
             dep.queue = old.queue
@@ -665,7 +929,16 @@ class Controller:
 
 def _free_instance(dep: _Deployment) -> _Instance | None:
     """The ready instance with the fewest requests, if it has room for one more."""
-    ready = [i for i in dep.instances if i.state == "ready"
+    ready = [i for i in dep.instances if i.state == "ready" and not i.draining
              and len(i.active) < dep.spec.target_concurrency]
     return min(ready, key=lambda i: len(i.active), default=None)
 
+
+def _worker_factory(config: Config):
+    """config.backend's worker factory: ProcessWorker ("local"), or RayWorkers ("ray";
+    imported only then, Ray being an optional extra)."""
+    if config.backend == "ray":
+        from serving.rayworker import RayWorkers
+
+        return RayWorkers(config)
+    return ProcessWorker

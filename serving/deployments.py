@@ -68,6 +68,11 @@ class Deployments:
     def version(self, name: str) -> str:
         return version_of(self._tier.index(name))
 
+    def size(self, name: str) -> tuple[int, int]:
+        """(bytes, tensors) of the deployed checkpoint, from its index (placement estimates)."""
+        index = self._tier.index(name)
+        return index.total_bytes, len(index.tensors) + len(index.aliases)
+
     def text(self, name: str):
         """(serving.text.Text, context length or None) of the deployed model."""
         from serving.text import Text

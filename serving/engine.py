@@ -16,8 +16,21 @@ no row needs any more are dropped.
 Events per request, in order: "token" per generated token (text is the new text, possibly ""
 while a stop string may still match or a character is incomplete; the end-of-sequence token
 and the token that completes a stop string have events too, so completion_tokens counts
-events), then exactly one of "done" (finish_reason "stop", "length" or "cancelled") or "error"
-(400 bad request, 429 queue full, 500 model failure, 503 engine closed).
+events; index numbers them from 0), then exactly one of "done" (finish_reason "stop",
+"length", "cancelled" or "migrated") or "error" (400 bad request, 429 queue full, 500 model
+failure, 503 engine closed).
+
+Live migration (serving.migration) moves a running request between engines by its token ids:
+
+    dst.stage("r1", prompt + generated_so_far)     # rounds: KV cache built off the batch
+    dst.stage("r1", generated_since)               # ... each round appends what came since
+    src.handover("r1")     # ends with done "migrated": token_ids = all generated, generator
+    dst.submit("r1", prompt, params, emit, generated_ids=..., generator_state=...)
+
+A resumed request prefills prompt + generated ids (on top of its staged cache, so only the
+ids not staged yet are computed), re-feeds the generated ids to a fresh detokenizer and stop
+matcher without emitting (their state is a function of the ids fed), restores the sampler's
+generator state, and counts max_tokens, usage and token indices on from the source's.
 """
 
 from __future__ import annotations
@@ -26,8 +39,9 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,10 +63,22 @@ class _Request:
     detok: Detokenizer | None = None
     stops: StopStrings | None = None
     gen: torch.Generator | None = None
+    generated: list[int] = field(default_factory=list)  # output ids (a resume's included)
+    state_in: bytes | None = None  # a resume's generator state
+    context: int = 0  # ids in the cache its prefill made
     last: int = 0  # the token fed at the next decode step
     completion: int = 0
     broken: bool = False  # emit raised: the request is dropped without further events
     done: bool = False
+
+
+@dataclass(eq=False)
+class _Staged:
+    """A KV cache built for a request that is not here yet (a migration's rounds)."""
+
+    ids: list[int] = field(default_factory=list)
+    cache: object = None  # a transformers DynamicCache over ids
+    logits: torch.Tensor | None = None  # next-token logits after ids
 
 
 class Engine:
@@ -82,6 +108,9 @@ class Engine:
         self._queue: deque[_Request] = deque()
         self._known: dict[str, _Request] = {}  # queued and running, by id
         self._cancel: set[str] = set()
+        self._handover: set[str] = set()
+        self._stages: deque[tuple[str, list[int], Future]] = deque()  # for the engine thread
+        self._staged: dict[str, _Staged] = {}
         self._notices: list[tuple[_Request, Event]] = []  # final events the thread delivers
         self._active = 0
         self._closing = False
@@ -103,11 +132,19 @@ class Engine:
             return len(self._queue)
 
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-               emit: Callable[[Event], None]) -> None:
+               emit: Callable[[Event], None], *, generated_ids: Sequence[int] = (),
+               generator_state: bytes | None = None) -> None:
         """Queue a request; its events go to emit. Never raises for bad input: the request
         gets an error event instead (from the engine thread; from the caller's thread only
-        when the engine is closed, as no engine thread is left)."""
-        req = _Request(request_id, list(prompt_ids), params, emit)
+        when the engine is closed, as no engine thread is left).
+
+        generated_ids: resume a request that generated these ids elsewhere (its next token
+        event has index len(generated_ids)); generator_state: the sampler's state there, from
+        its "migrated" event (None: a fresh generator, seeded from params).
+        """
+        req = _Request(request_id, list(prompt_ids), params, emit,
+                       generated=list(generated_ids), state_in=generator_state,
+                       completion=len(generated_ids))
         with self._cond:
             if self._closed or self._closing:
                 closed = True
@@ -126,7 +163,49 @@ class Engine:
     def cancel(self, request_id: str) -> None:
         """Stop a request: a queued one leaves the queue at once, a running one frees its
         batch slot at the next token boundary. It then gets done with finish_reason
-        "cancelled" (and usage so far). Unknown or finished ids are ignored."""
+        "cancelled" (and usage so far). A cache staged for it is dropped. Unknown or finished
+        ids are ignored."""
+        with self._cond:
+            self._staged.pop(request_id, None)
+            dropped = [op for op in self._stages if op[0] == request_id]
+            for op in dropped:
+                self._stages.remove(op)
+            req = self._known.get(request_id)
+            if req is not None:
+                if req in self._queue:
+                    self._queue.remove(req)
+                    del self._known[request_id]
+                    self._notices.append((req, _done(req, "cancelled")))
+                else:
+                    self._cancel.add(request_id)
+                self._cond.notify()
+        for _, _, future in dropped:  # outside the lock: callbacks may send messages
+            future.set_exception(RuntimeError(f"stage of {request_id} cancelled"))
+
+    def stage(self, request_id: str, token_ids: Sequence[int]) -> Future:
+        """Extend the KV cache staged for request_id with token_ids, at the next token
+        boundary, off the batch (a migration's round). The future's result: how many ids are
+        staged now; ValueError for bad ids, RuntimeError when the engine closes first.
+
+        A later submit of request_id whose prompt + generated ids start with the staged ids
+        uses the cache; cancel(request_id) drops it.
+        """
+        future: Future = Future()
+        with self._cond:
+            closed = self._closed or self._closing
+            if not closed:
+                self._stages.append((request_id, list(token_ids), future))
+                self._cond.notify()
+        if closed:
+            future.set_exception(RuntimeError("engine closed"))
+        return future
+
+    def handover(self, request_id: str) -> None:
+        """End a request so that another engine can resume it: at the next token boundary
+        (a queued one at once) its slot is freed and it gets done with finish_reason
+        "migrated", token_ids every id generated so far, info["generator"] the state of its
+        sampler's generator (bytes; None when greedy). Unknown or finished ids are ignored
+        (a request that ends first gets its usual done)."""
         with self._cond:
             req = self._known.get(request_id)
             if req is None:
@@ -134,9 +213,9 @@ class Engine:
             if req in self._queue:
                 self._queue.remove(req)
                 del self._known[request_id]
-                self._notices.append((req, _done(req, "cancelled")))
+                self._notices.append((req, _migrated(req)))
             else:
-                self._cancel.add(request_id)
+                self._handover.add(request_id)
             self._cond.notify()
 
     def close(self, timeout: float | None = None) -> None:
@@ -158,14 +237,25 @@ class Engine:
             return bad(problem)
         if not req.prompt:
             return bad("empty prompt")
-        if not all(isinstance(t, int) and 0 <= t < self._vocab for t in req.prompt):
+        if not self._valid(req.prompt):
             return bad(f"prompt token ids must be in [0, {self._vocab})")
-        if self._max_len is not None and len(req.prompt) >= self._max_len:
-            return bad(f"prompt of {len(req.prompt)} tokens leaves no room in the model's "
+        if not self._valid(req.generated, empty=True):
+            return bad(f"generated token ids must be in [0, {self._vocab})")
+        total = len(req.prompt) + len(req.generated)
+        if self._max_len is not None and total >= self._max_len:
+            return bad(f"prompt of {total} tokens leaves no room in the model's "
                        f"context of {self._max_len}")
+        if req.completion >= req.params.max_tokens:
+            return bad(f"{req.completion} tokens generated already: max_tokens reached")
+        if req.state_in is not None and not isinstance(req.state_in, bytes):
+            return bad("generator_state must be bytes")
         if self._max_queue is not None and len(self._queue) >= self._max_queue:
             return Event(kind="error", status=429, message="queue full", retry_after=1.0)
         return None
+
+    def _valid(self, ids: list[int], *, empty: bool = False) -> bool:
+        return (empty or bool(ids)) and all(
+            isinstance(t, int) and 0 <= t < self._vocab for t in ids)
 
     def _run(self) -> None:
         try:
@@ -182,6 +272,10 @@ class Engine:
                 self._known.clear()
                 self._queue.clear()
                 self._active = 0
+                stages, self._stages = self._stages, deque()
+                self._staged.clear()
+            for _, _, future in stages:
+                future.set_exception(RuntimeError("engine closed"))
             for req, event in notices:
                 _send(req, event)
             for req in left:
@@ -191,51 +285,101 @@ class Engine:
         """One token boundary and one decode step; False when the engine is closing."""
         running = self._batch.rows
         with self._cond:
-            while not (self._closing or self._queue or running or self._notices):
+            while not (self._closing or self._queue or running or self._notices
+                       or self._stages):
                 self._cond.wait()
             if self._closing:
                 return False
             notices, self._notices = self._notices, []
             cancelled = {r for r in running if r.rid in self._cancel}
             self._cancel.clear()  # ids not running any more are stale
-            room = self._max_batch - len(running) + len(cancelled)
+            handed = {r for r in running if r.rid in self._handover} - cancelled
+            self._handover.clear()
+            stages, self._stages = self._stages, deque()
+            room = self._max_batch - len(running) + len(cancelled) + len(handed)
             admitted = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
             self._active = len(running) + len(admitted)  # _finish counts the ends
         for req, event in notices:
             _send(req, event)
         for req in cancelled:
             self._finish(req, _done(req, "cancelled"))
-        self._batch.remove(cancelled)
+        for req in handed:
+            self._finish(req, _migrated(req))
+        self._batch.remove(cancelled | handed)
+        for rid, ids, future in stages:
+            self._stage(rid, ids, future)
         self._prefill(admitted)
         if self._batch.rows:
             self._decode()
         return True
+
+    def _stage(self, rid: str, ids: list[int], future: Future) -> None:
+        with self._cond:
+            staged = self._staged.get(rid) or _Staged()
+            total = len(staged.ids) + len(ids)
+            good = self._valid(ids) and (self._max_len is None or total < self._max_len)
+            if good:
+                self._staged[rid] = staged
+        if not good:
+            future.set_exception(ValueError(f"stage of {rid}: {len(ids)} ids not in "
+                                            f"[0, {self._vocab}) or past the context"))
+            return
+        try:
+            staged.cache, staged.logits = self._extend(staged.cache, ids, len(staged.ids))
+        except Exception as exc:  # noqa: BLE001 -- only the migration fails
+            log.exception("stage of %s failed", rid)
+            with self._cond:
+                if self._staged.get(rid) is staged:
+                    del self._staged[rid]
+            future.set_exception(RuntimeError(f"stage of {rid}: {exc}"))
+            return
+        staged.ids += ids
+        future.set_result(len(staged.ids))
 
     def _prefill(self, admitted: list[_Request]) -> None:
         joining = []
         for req in admitted:
             req.detok = self._text.detokenizer(req.prompt)
             req.stops = StopStrings(req.params.stop)
+            for token in req.generated:  # a resume: the state the source had, given out there
+                req.stops.feed(req.detok.feed(token))
             req.gen = new_generator(req.params, self._device)
+            with self._cond:
+                staged = self._staged.pop(req.rid, None)
+            ids = req.prompt + req.generated
             try:
-                cache, logits = self._forward_one(req.prompt)
+                if req.gen is not None and req.state_in is not None:
+                    req.gen.set_state(torch.frombuffer(bytearray(req.state_in),
+                                                       dtype=torch.uint8))
+                if staged is not None and staged.ids == ids[:len(staged.ids)]:
+                    tail = ids[len(staged.ids):]
+                    cache, logits = ((staged.cache, staged.logits) if not tail else
+                                     self._extend(staged.cache, tail, len(staged.ids)))
+                else:
+                    cache, logits = self._extend(None, ids, 0)
                 token = pick(logits, [req.params], [req.gen])[0]
             except Exception as exc:  # noqa: BLE001 -- this request fails, the others go on
                 log.exception("prefill of %s failed", req.rid)
                 self._finish(req, Event(kind="error", status=500, message=f"prefill: {exc}"))
                 continue
+            req.context = len(ids)
             self._advance(req, token)
             if not req.done:
                 joining.append((req, cache))
         self._batch.add(joining)
 
-    def _forward_one(self, prompt: list[int]):
+    def _extend(self, cache, ids: list[int], start: int):
+        """Run ids at positions start... on top of cache (None: a new one holding start ids
+        = none); the cache (extended in place) and the logits after the last id."""
         from transformers import DynamicCache
 
-        ids = torch.tensor([prompt], dtype=torch.long, device=self._device)
-        cache = DynamicCache()
-        out = self._model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                          position_ids=torch.arange(len(prompt), device=self._device)[None],
+        if cache is None:
+            cache = DynamicCache()
+        n = start + len(ids)
+        tensor = torch.tensor([ids], dtype=torch.long, device=self._device)
+        out = self._model(input_ids=tensor,
+                          attention_mask=torch.ones(1, n, dtype=torch.long, device=self._device),
+                          position_ids=torch.arange(start, n, device=self._device)[None],
                           past_key_values=cache, use_cache=True, **self._logits_kw)
         return cache, out.logits[:, -1]
 
@@ -258,6 +402,7 @@ class Engine:
         """Give out token; finish the request when it ends the output."""
         req.completion += 1
         req.last = token
+        req.generated.append(token)
         text = req.stops.feed(req.detok.feed(token))
         reason = None
         if req.stops.hit is not None or token in self._text.eos_ids:
@@ -268,7 +413,7 @@ class Engine:
         if reason is not None and req.stops.hit is None:
             text += req.stops.feed(req.detok.flush())
             text += req.stops.flush()
-        _send(req, Event(kind="token", text=text, token_ids=(token,)))
+        _send(req, Event(kind="token", text=text, token_ids=(token,), index=req.completion - 1))
         if reason is not None:
             self._finish(req, _done(req, reason))
         elif req.broken:
@@ -288,6 +433,16 @@ class Engine:
 def _done(req: _Request, reason: str) -> Event:
     return Event(kind="done", finish_reason=reason, prompt_tokens=len(req.prompt),
                  completion_tokens=req.completion)
+
+
+def _migrated(req: _Request) -> Event:
+    if req.gen is not None:
+        state = req.gen.get_state().numpy().tobytes()
+    else:
+        state = req.state_in if req.params.temperature > 0 else None  # never admitted here
+    return Event(kind="done", finish_reason="migrated", prompt_tokens=len(req.prompt),
+                 completion_tokens=req.completion, token_ids=tuple(req.generated),
+                 info={"generator": state})
 
 
 def _send(req: _Request, event: Event) -> None:
@@ -330,7 +485,7 @@ class _Batch:
         if self.rows:
             parts.append((_layers(self._cache), self._mask, self._pos))
         for req, cache in joining:
-            n = len(req.prompt)
+            n = req.context
             parts.append((_layers(cache), torch.ones(1, n, dtype=torch.long, device=self._device),
                           torch.tensor([n], device=self._device)))
         width = max(mask.shape[1] for _, mask, _ in parts)

@@ -21,6 +21,8 @@ __all__ = ["Metrics"]
 _LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2)
+# observed / estimated load seconds: 1 is a perfect estimate
+_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.8, 0.9, 1.1, 1.25, 2, 4, 10)
 
 
 class Metrics:
@@ -49,6 +51,21 @@ class Metrics:
         self._requests = Counter(
             "serving_requests", "Requests finished, by model and HTTP status",
             ["model", "status"], registry=r)
+        self._placements = Counter(
+            "serving_placements", "Cold starts placed, by model, server, policy and the "
+            "tier expected to serve the load", ["model", "server", "policy", "tier"],
+            registry=r)
+        self._candidate = Gauge(
+            "serving_placement_estimate_seconds", "Estimated startup seconds of each "
+            "candidate server at the model's last placement", ["model", "server"], registry=r)
+        self._estimate_ratio = Histogram(
+            "serving_load_estimate_ratio", "Observed / estimated load seconds of a cold start, "
+            "by the tier that served it", ["tier"], buckets=_RATIO_BUCKETS, registry=r)
+        self._bandwidth = Gauge(
+            "serving_tier_bandwidth_bytes_per_second", "Estimated load bandwidth per server "
+            "and tier (seeded by the worker's tiers, corrected by observed loads)",
+            ["server", "tier"], registry=r)
+        self._candidates: dict[str, list[str]] = {}  # model -> servers in _candidate
 
     def cold_start(self, model: str, tier: str, load_seconds: float) -> None:
         """Count one instance of model started from tier, which took load_seconds to load."""
@@ -75,6 +92,27 @@ class Metrics:
         """Count one finished request with the HTTP status its client saw."""
         self._requests.labels(model=model, status=str(status)).inc()
 
+    def placement(self, model: str, server: str, policy: str, tier: str,
+                  candidates: list[tuple[str, float]]) -> None:
+        """Count one cold start of model placed on server by policy (expected from tier) and
+        set the estimates of every candidate (server name, seconds) it was chosen from
+        (from the controller's loop only: the candidate books are not locked)."""
+        self._placements.labels(model=model, server=server, policy=policy, tier=tier).inc()
+        for old in self._candidates.pop(model, []):
+            self._candidate.remove(model, old)
+        for name, seconds in candidates:
+            self._candidate.labels(model=model, server=name).set(seconds)
+        self._candidates[model] = [name for name, _ in candidates]
+
+    def load_estimate(self, tier: str, estimated: float, observed: float) -> None:
+        """Record how a load's observed seconds compare with its estimate."""
+        if estimated > 0:
+            self._estimate_ratio.labels(tier=tier).observe(observed / estimated)
+
+    def bandwidth(self, server: str, tier: str, bytes_per_second: float) -> None:
+        """Set the load bandwidth now estimated for server's tier."""
+        self._bandwidth.labels(server=server, tier=tier).set(bytes_per_second)
+
     def forget(self, model: str) -> None:
         """Drop model's gauges (after its deployment is deleted), so no stale value remains."""
         for gauge in (self._queue_length, self._instances):
@@ -82,6 +120,8 @@ class Metrics:
                 gauge.remove(model)
             except KeyError:
                 pass
+        for old in self._candidates.pop(model, []):
+            self._candidate.remove(model, old)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""

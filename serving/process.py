@@ -1,9 +1,12 @@
 """ProcessWorker: a worker in a child process (multiprocessing spawn), driven through a pipe.
 
-Parent -> child messages: ("call", id, op, args) for load/unload/evict, answered by
-("reply", id, ok, result-or-message); ("generate", request_id, model, ids, params) and
-("cancel", request_id), answered by ("event", request_id, Event) messages; ("stop",).
-The child starts with ("ready", {"pid", "tiers"}) or ("failed", message).
+Parent -> child messages: ("call", id, op, args) for load/unload/evict/stage, answered by
+("reply", id, ok, result-or-message) ("stage" is answered from the engine's thread once
+computed, so the pipe is read on meanwhile); ("generate", request_id, model, ids, params),
+("resume", request_id, model, prompt_ids, generated_ids, params, generator_state),
+("handover", request_id) and ("cancel", request_id), answered by ("event", request_id,
+Event) messages; ("stop",).
+The child starts with ("ready", {"pid", "tiers", "estimates"}) or ("failed", message).
 
 The parent reads the pipe in its event loop (loop.add_reader on the connection's file
 descriptor): each message is dispatched the moment it arrives, with no thread hop and no
@@ -21,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 from serving.protocol import Event
@@ -30,7 +34,7 @@ __all__ = ["ProcessWorker"]
 
 log = logging.getLogger("serving.process")
 
-_CALLS = ("load", "unload", "evict")
+_CALLS = ("load", "unload", "evict", "stage")
 #: seconds a child may take to import torch and open its store
 START_TIMEOUT = 300.0
 
@@ -204,7 +208,8 @@ def _serve(conn, spec: WorkerSpec) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the controller, which logs it
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    send(("ready", {"pid": os.getpid(), "tiers": runtime.tiers()}))
+    send(("ready", {"pid": os.getpid(), "tiers": runtime.tiers(),
+                   "estimates": runtime.estimates()}))
     try:
         while True:
             try:
@@ -220,20 +225,47 @@ def _serve(conn, spec: WorkerSpec) -> None:
                 except Exception as exc:  # noqa: BLE001
                     send(("event", request_id, Event("error", status=500,
                                                      message=f"{type(exc).__name__}: {exc}")))
+            elif op == "resume":
+                _, request_id, model, ids, generated, params, state = msg
+                try:
+                    runtime.resume(request_id, model, ids, generated, params, state,
+                                   lambda ev, r=request_id: send(("event", r, ev)))
+                except Exception as exc:  # noqa: BLE001
+                    send(("event", request_id, Event("error", status=500,
+                                                     message=f"{type(exc).__name__}: {exc}")))
             elif op == "cancel":
                 runtime.cancel(msg[1])
+            elif op == "handover":
+                runtime.handover(msg[1])
             elif op == "call":
                 _, call_id, name, args = msg
-                try:
-                    if name not in _CALLS:
-                        raise ValueError(f"no operation {name!r}")
-                    result = getattr(runtime, name)(*args)
-                except Exception as exc:  # noqa: BLE001
-                    send(("reply", call_id, False, f"{type(exc).__name__}: {exc}"))
-                else:
-                    send(("reply", call_id, True, result))
+                _answer(send, runtime, call_id, name, args)
             elif op == "stop":
                 break
     finally:
         runtime.close()
         conn.close()
+
+
+def _answer(send, runtime, call_id: int, name: str, args: tuple) -> None:
+    """Run one call on the runtime and send its reply; a Future result (stage) is answered
+    when the engine thread completes it, so the pipe is read on meanwhile."""
+    try:
+        if name not in _CALLS:
+            raise ValueError(f"no operation {name!r}")
+        result = getattr(runtime, "stage_async" if name == "stage" else name)(*args)
+    except Exception as exc:  # noqa: BLE001
+        send(("reply", call_id, False, f"{type(exc).__name__}: {exc}"))
+        return
+    if isinstance(result, Future):
+        result.add_done_callback(lambda done: _reply(send, call_id, done))
+    else:
+        send(("reply", call_id, True, result))
+
+
+def _reply(send, call_id: int, done: Future) -> None:
+    exc = done.exception()
+    if exc is not None:
+        send(("reply", call_id, False, f"{type(exc).__name__}: {exc}"))
+    else:
+        send(("reply", call_id, True, done.result()))

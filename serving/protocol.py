@@ -64,8 +64,13 @@ class Event:
     is in the way; the HTTP layer turns them into SSE comments), then "token"s, then exactly
     one "done" or "error".
 
-    token: text is the new text (may be "" while a stop string might still match).
+    token: text is the new text (may be "" while a stop string might still match); index is
+    the place of its first token id in the output (0, 1, ...: a relay that switches workers
+    mid-request checks it, see serving.migration).
     done: finish_reason "stop" (end of sequence or a stop string) or "length"; usage counts.
+    A worker's "done" with finish_reason "migrated" ends the request there but not for the
+    client: token_ids are every id generated so far, info["generator"] the sampler's state
+    (see serving.migration); the controller never passes it on.
     error: status is the HTTP status the client should see (400 bad input, 429 queue full
     with retry_after seconds, 503 unavailable / worker died), message says why.
     """
@@ -80,6 +85,7 @@ class Event:
     message: str = ""
     retry_after: float | None = None
     info: dict = field(default_factory=dict)  # "wait": {"reason": ...}; cold start details
+    index: int | None = None  # token: see above
 
 
 class ServingError(Exception):

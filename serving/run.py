@@ -3,6 +3,7 @@
     python -m serving.run --model tiny=/models/tiny --workers 2 --port 8343
     python -m serving.run --config deploy.yaml --api-key KEY
     python -m serving.run --demo          # `make run`: the demo model, built on the first run
+    python -m serving.run --backend ray --address auto --model tiny=/shared/tiny  # Ray actors
 
     import serving
     serving.run(port=8343, models=["tiny=/models/tiny"])    # blocks until Ctrl-C / SIGTERM
@@ -162,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--api-key", dest="api_key")
     parser.add_argument("--store", help="directory of the registry and the workers' tiers")
+    parser.add_argument("--policy", help="where cold starts go: locality (default), "
+                        "locality+migration, random or least-loaded")
+    parser.add_argument("--backend", choices=["local", "ray"],
+                        help="where workers run: local processes (default) or Ray actors, "
+                             "one per server slot (resource bas_server_slot) of a node")
+    parser.add_argument("--address", help="--backend ray: the Ray cluster's address (auto, "
+                        "HOST:6379, ray://...); none starts a Ray instance on this machine")
     parser.add_argument("--demo", action="store_true",
                         help="also serve the demo model as 'demo' (a ~98 M-parameter Llama "
                              "with RANDOM weights, built in STORE/demo-model on the first run)")
@@ -169,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, host=args.host, port=args.port,
                              workers=args.workers, api_key=args.api_key, store=args.store,
-                             models=args.model)
+                             policy=args.policy, backend=args.backend,
+                             address=args.address, models=args.model)
         if args.demo and config.model("demo") is None:
             config.models.append(ModelSpec("demo", _demo_model(config.store)))
     except ConfigError as exc:

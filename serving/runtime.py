@@ -5,18 +5,20 @@
     runtime.generate("r1", "tiny", ids, params, emit)   # emit(Event) from the engine's thread
     runtime.unload()
 
-No transport here: serving.process drives a Runtime through a pipe, a Ray actor would hold
-one as well. The store's tiers, fastest first: DRAM (spec.dram_bytes, none when 0), the local
-disk (spec.disk_dir), then the registry's tier; a first load streams from the registry into
-the local disk and DRAM.
+No transport here: serving.process drives a Runtime through a pipe, serving.rayworker's
+actor holds one too. The store's tiers, fastest first: DRAM (spec.dram_bytes, none when 0),
+the local disk (spec.disk_dir), then the registry's tier; a first load streams from the
+registry into the local disk and DRAM.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from serving.protocol import Event, SamplingParams
 from serving.worker import LoadReport, WorkerSpec, version_of
@@ -49,7 +51,8 @@ class Runtime:
         if spec.dram_bytes > 0:
             pool = ckpt.HostPool(spec.dram_bytes) if spec.device != "cpu" else None
             tiers.append(ckpt.DramTier(spec.dram_bytes, pool=pool))
-        tiers.append(ckpt.DiskTier(spec.disk_dir, spec.disk_bytes))
+        tiers.append(ckpt.DiskTier(spec.disk_dir, spec.disk_bytes,
+                                   profile=_saved_profile(spec.disk_dir)))
         tiers.append(Registry(spec.registry).tier())
         self.store = ckpt.Store(tiers)
         self.model: str | None = None
@@ -58,6 +61,24 @@ class Runtime:
     def tiers(self) -> dict[str, list[str]]:
         """The local tiers' contents (tier name -> model names); the registry is left out."""
         return {t.name: sorted(t.names()) for t in self.store.tiers[:-1]}
+
+    def estimates(self) -> dict[str, dict]:
+        """Each tier's (registry included) own estimate() as {"bandwidth": bytes/s,
+        "latency": s, "source": ...}: a line fitted through estimates at two sizes (the
+        controller's serving.estimates seeds from it, then corrects it from observed loads).
+        The disk tier's comes from the bas profile measured on its directory when
+        measure_disk_profile saved one there, else from its preset."""
+        small, large = 64 << 20, 1 << 30
+        out = {}
+        for t in self.store.tiers:
+            a = t.estimate(small, max(1, small >> 23), self.spec.device)
+            b = t.estimate(large, max(1, large >> 23), self.spec.device)
+            bandwidth = (large - small) / max(b - a, 1e-12)
+            profile = getattr(t, "profile", None)
+            out[t.name] = {"bandwidth": bandwidth,
+                           "latency": max(0.0, a - small / bandwidth),
+                           "source": "profile" if profile is not None else "tier model"}
+        return out
 
     def load(self, model: str, version: str | None = None) -> LoadReport:
         """Load model from the fastest tier holding it and start its engine; local copies
@@ -115,5 +136,74 @@ class Runtime:
         if self._engine is not None:
             self._engine.cancel(request_id)
 
+    def stage(self, request_id: str, model: str, token_ids: list[int]) -> int:
+        """Extend request_id's staged KV cache (serving.migration); how many ids are staged.
+        Blocks until the engine thread computed it: a transport runs it off its message loop,
+        or uses stage_async."""
+        return self.stage_async(request_id, model, token_ids).result()
+
+    def stage_async(self, request_id: str, model: str, token_ids: list[int]) -> Future:
+        """stage, returning at once: the engine takes the ids in the order of the calls (so a
+        cancel sent after it drops what it staged); the future's result is stage's."""
+        engine = self._engine
+        if engine is None or model != self.model:
+            raise RuntimeError(f"worker {self.spec.index} does not hold {model} "
+                               f"(it holds {self.model})")
+        return engine.stage(request_id, token_ids)
+
+    def handover(self, request_id: str) -> None:
+        if self._engine is not None:
+            self._engine.handover(request_id)
+
+    def resume(self, request_id: str, model: str, prompt_ids: list[int],
+               generated_ids: list[int], params: SamplingParams,
+               generator_state: bytes | None, emit: Callable[[Event], None]) -> None:
+        if self._engine is None or model != self.model:
+            emit(Event("error", status=503, message=f"worker {self.spec.index} does not hold "
+                       f"{model} (it holds {self.model})"))
+            return
+        self._engine.submit(request_id, prompt_ids, params, emit, generated_ids=generated_ids,
+                            generator_state=generator_state)
+
     def close(self) -> None:
         self.unload()
+
+
+#: where measure_disk_profile leaves the disk tier's profile (a file: the tier adopts
+#: only checkpoint directories, so it ignores it)
+PROFILE_FILE = "braid-profile.json"
+
+
+def measure_disk_profile(disk_dir: str, size: int = 64 << 20) -> str:
+    """Measure a quick bas profile on a file in the disk tier's own directory (the file
+    system its checkpoints live on, page cache dropped before each read, not a temporary
+    directory elsewhere), save it there for the workers' DiskTier, and return its path.
+    Seconds of I/O: run it once per machine (tools/bench_policies.py does), not per start."""
+    from bas.braid.profile import measure
+    from bas.registry import open_device
+
+    os.makedirs(disk_dir, exist_ok=True)
+    scratch = os.path.join(os.path.abspath(disk_dir), ".braid-profile.bin")
+    try:
+        with open_device(f"file://{scratch}?size={size}") as device:
+            prof = measure(device, threads=[1, 2, 4], quick=True)
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+    path = os.path.join(disk_dir, PROFILE_FILE)
+    prof.save(path)
+    return path
+
+
+def _saved_profile(disk_dir: str):
+    """The profile measure_disk_profile saved in disk_dir, or None (the tier's preset)."""
+    from bas.braid.profile import Profile
+
+    path = os.path.join(disk_dir, PROFILE_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        return Profile.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the disk profile %s: %s", path, exc)
+        return None

@@ -4,7 +4,7 @@ A worker stands for one inference server (one GPU, or a share of the CPU cores):
 most one model instance at a time, its own checkpoint tiers (DRAM, local disk, then the
 registry), and runs an engine that batches the requests of its instance. The controller sees
 workers only through this class; serving.process.ProcessWorker implements it with a child
-process and a pipe, and a Ray actor implements it the same way.
+process and a pipe, serving.rayworker.RayWorker with a Ray actor.
 
     worker = ProcessWorker(spec)
     worker.on_death = controller_callback          # before start
@@ -14,6 +14,11 @@ process and a pipe, and a Ray actor implements it the same way.
     worker.cancel("req-1")
     await worker.unload()
     await worker.stop(grace=5)
+
+Live migration (serving.migration) adds three plain messages, so any transport carries it:
+`stage` (a call: build a KV cache for a request from token ids, in rounds), `handover` (the
+source ends a request with done "migrated", carrying its ids and sampler state) and `resume`
+(the destination continues it from those ids).
 
 Threading: every method is called from the controller's event loop thread, and every callback
 (emit, on_death) runs in that thread too; none of them may block. Implementations call
@@ -94,8 +99,11 @@ class Worker(ABC):
         self.name = f"worker-{spec.index}"
         self.on_death: Callable[[Worker, str], None] | None = None
         self.tiers: dict[str, list[str]] = {}  # last known contents, tier name -> models
+        # its tiers' own load estimates (Runtime.estimates), from the ready message
+        self.estimates: dict[str, dict] = {}
         self.model: str | None = None  # the loaded instance's model
         self._requests: dict[str, Emit] = {}
+        self._staged: set[str] = set()  # ids with a KV cache staged by stage()
         self._state = "new"  # new -> starting -> ready -> stopping -> dead
         self._death: str | None = None
 
@@ -139,6 +147,7 @@ class Worker(ABC):
             raise
         if self._state == "starting":
             self.tiers = dict(info.get("tiers", {}))
+            self.estimates = dict(info.get("estimates", {}))
             self._state = "ready"
         if self._state != "ready":
             raise WorkerDied(f"{self.name}: died while starting: {self._death}")
@@ -193,6 +202,7 @@ class Worker(ABC):
         """
         self._check_alive()
         self._fail_requests(503, f"{self.name}: instance of {self.model} unloaded")
+        self._staged.clear()
         self.model = None
         self.tiers = dict(await self._call("unload"))
 
@@ -223,9 +233,56 @@ class Worker(ABC):
         self._send("generate", request_id, model, list(prompt_ids), params)
 
     def cancel(self, request_id: str) -> None:
-        """Stop a request now (its batch slot is freed); no more events reach its emit."""
-        if self._requests.pop(request_id, None) is not None and self.alive:
+        """Stop a request now (its batch slot is freed); no more events reach its emit. A
+        cache staged for it is dropped too."""
+        running = self._requests.pop(request_id, None) is not None
+        staged = request_id in self._staged
+        self._staged.discard(request_id)
+        if (running or staged) and self.alive:
             self._send("cancel", request_id)
+
+    # -- live migration (serving.migration) ----------------------------------------------
+
+    async def stage(self, request_id: str, model: str, token_ids: list[int]) -> int:
+        """Append token_ids to the KV cache staged for request_id (a migration round; the
+        first call starts it with the prompt); how many ids are staged now. The batch runs
+        on meanwhile. cancel(request_id) drops the cache; resume uses it.
+
+        REQUIRES: alive, model loaded. Raises WorkerError when the ids are refused or the
+        prefill fails, WorkerDied when the worker dies first.
+        """
+        self._check_alive()
+        if model != self.model:
+            raise WorkerError(f"{self.name}: holds {self.model}, not {model}")
+        self._staged.add(request_id)
+        return await self._call("stage", request_id, model, list(token_ids))
+
+    def handover(self, request_id: str) -> None:
+        """Ask a running request to stop for a migration: at its next token boundary its
+        slot is freed and its emit gets done with finish_reason "migrated" (token_ids: every
+        id generated; info["generator"]: the sampler's state, bytes or None). A request that
+        ends first gets its usual done or error. Ignored when not running here."""
+        if request_id in self._requests and self.alive:
+            self._send("handover", request_id)
+
+    def resume(self, request_id: str, model: str, prompt_ids: list[int],
+               generated_ids: list[int], params: SamplingParams, emit: Emit,
+               generator_state: bytes | None = None) -> None:
+        """generate, continuing a request that generated generated_ids elsewhere: its first
+        token event has index len(generated_ids); a cache staged for request_id is used.
+        Same contract as generate otherwise."""
+        if not self.alive:
+            emit(Event("error", status=503, message=f"{self.name} is not running "
+                       f"({self._death or self._state})"))
+            return
+        if model != self.model:
+            raise RuntimeError(f"{self.name}: holds {self.model}, not {model}")
+        if request_id in self._requests:
+            raise RuntimeError(f"{self.name}: request {request_id} already running")
+        self._staged.discard(request_id)
+        self._requests[request_id] = emit
+        self._send("resume", request_id, model, list(prompt_ids), list(generated_ids), params,
+                   generator_state)
 
     # -- for implementations -------------------------------------------------------------
 
@@ -265,11 +322,13 @@ class Worker(ABC):
 
     @abstractmethod
     async def _start(self) -> dict:
-        """Start the server; return its ready message ({"pid": ..., "tiers": ...})."""
+        """Start the server; return its ready message ({"pid": ..., "tiers": ...,
+        "estimates": ...}: Runtime.tiers() and Runtime.estimates())."""
 
     @abstractmethod
     async def _call(self, op: str, *args: Any) -> Any:
-        """Run op ("load", "unload", "evict") in the server; its result.
+        """Run op ("load", "unload", "evict", "stage") in the server; its result. "stage"
+        must not hold up the server's other messages while the engine computes it.
 
         Raises WorkerError with the server's message when op failed there, WorkerDied when
         the server dies first.
@@ -277,7 +336,8 @@ class Worker(ABC):
 
     @abstractmethod
     def _send(self, op: str, *args: Any) -> None:
-        """Send op ("generate", "cancel") without waiting; events come back via `_event`."""
+        """Send op ("generate", "cancel", "handover", "resume") without waiting; events
+        come back via `_event`."""
 
     @abstractmethod
     async def _stop(self, grace: float) -> None:

@@ -65,7 +65,7 @@ class Loop:
 class Harness:
     """A started Controller on a Loop; close() stops it and kills any worker left."""
 
-    def __init__(self, store, models, **settings):
+    def __init__(self, store, models, *, worker_factory=None, **settings):
         settings.setdefault("workers", 2)
         settings.setdefault("heartbeat", 0.2)
         settings.setdefault("dram_per_worker", "64MiB")
@@ -73,7 +73,8 @@ class Harness:
         settings.setdefault("threads_per_worker", 1)
         self.config = load_config(None, store=str(store), models=models, **settings)
         self.loop = Loop()
-        self.controller = Controller(self.config)
+        self.controller = (Controller(self.config) if worker_factory is None else
+                           Controller(self.config, worker_factory=worker_factory))
         try:
             self.loop.run(self.controller.start(), timeout=300)
         except BaseException:

@@ -147,13 +147,15 @@ class _Process:
 @dataclass
 class Ours:
     """python -m serving.run with a YAML config: defaults except `settings` and the one model's
-    `model` settings; the model comes from the registry at `registry` (no path: no deploy)."""
+    `model` settings; the model comes from the registry at `registry` (no path: no deploy).
+    models: every deployment's settings instead (several models; `model` is then unused)."""
 
     workdir: str
     store: str
     registry: str
     settings: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
+    models: list[dict] | None = None
     port: int = 0
     server: _Process | None = None
 
@@ -167,7 +169,7 @@ class Ours:
         def argv(port: int) -> list[str]:
             config = {"host": "127.0.0.1", "port": port, "store": self.store,
                       "registry": self.registry, **self.settings,
-                      "models": [{"name": MODEL, **self.model}]}
+                      "models": self.models or [{"name": MODEL, **self.model}]}
             path = os.path.join(self.workdir, f"serving-{port}.yaml")
             with open(path, "w") as f:
                 yaml.safe_dump(config, f)

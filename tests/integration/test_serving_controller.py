@@ -31,8 +31,9 @@ def tiny(tmp_path_factory) -> str:
 def h(tiny, tmp_path_factory):
     models = [
         {"name": "tiny", "path": tiny, "keep_alive": 60, "target_concurrency": 1,
-         "queue_limit": 1, "max_prompt_tokens": 64, "max_tokens": LONG},
-        {"name": "brief", "path": tiny, "keep_alive": 0.5, "max_tokens": LONG},
+         "max_instances": 1, "queue_limit": 1, "max_prompt_tokens": 64, "max_tokens": LONG},
+        {"name": "brief", "path": tiny, "keep_alive": 0.5, "max_instances": 1,
+         "max_tokens": LONG},
     ]
     harness = Harness(tmp_path_factory.mktemp("store"), models)
     yield harness

@@ -1,9 +1,8 @@
-"""serving.config: YAML, sizes, overrides and errors that name the key; serving.placement."""
+"""serving.config: YAML, sizes, overrides and errors that name the key."""
 
 import pytest
 
 from serving.config import Config, ConfigError, ModelSpec, load_config, parse_size
-from serving.placement import WorkerView, choose_victim, place
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -99,26 +98,3 @@ def test_threads_share_the_cores():
     assert Config(workers=1, threads_per_worker=3).threads() == 3
     assert Config(workers=10_000).threads() == 1
 
-
-# -- placement ---------------------------------------------------------------------------
-
-
-def test_placement_prefers_the_fastest_tier_holding_the_model():
-    views = [WorkerView(0, True, {"dram": [], "local": []}),
-             WorkerView(1, True, {"dram": [], "local": ["m"]}),
-             WorkerView(2, True, {"dram": ["m"], "local": ["m"]}),
-             WorkerView(3, False, {"dram": ["m"], "local": ["m"]}, model="x")]
-    choice = place("m", views)
-    assert (choice.worker, choice.tier) == (2, "dram")
-    assert choice.candidates == [(2, "dram"), (1, "local"), (0, "registry")]
-    assert place("other", views).worker == 0  # nobody holds it: the first free worker
-    assert place("m", [views[3]]) is None
-
-
-def test_the_victim_is_the_least_recently_used_idle_instance():
-    views = [WorkerView(0, False, model="a", idle=True, last_used=5.0),
-             WorkerView(1, False, model="b", idle=True, last_used=2.0),
-             WorkerView(2, False, model="c", idle=False, last_used=1.0)]
-    assert choose_victim(views) == 1
-    assert choose_victim(views, model="b") == 0  # never the model that needs room
-    assert choose_victim(views[2:]) is None
