@@ -221,16 +221,8 @@ class Worker(ABC):
         also when the worker dies (status 503, naming the death). REQUIRES: alive, model
         loaded, request_id not running here.
         """
-        if not self.alive:
-            emit(Event("error", status=503, message=f"{self.name} is not running "
-                       f"({self._death or self._state})"))
-            return
-        if model != self.model:
-            raise RuntimeError(f"{self.name}: holds {self.model}, not {model}")
-        if request_id in self._requests:
-            raise RuntimeError(f"{self.name}: request {request_id} already running")
-        self._requests[request_id] = emit
-        self._send("generate", request_id, model, list(prompt_ids), params)
+        if self._admit(request_id, model, emit):
+            self._send("generate", request_id, model, list(prompt_ids), params)
 
     def cancel(self, request_id: str) -> None:
         """Stop a request now (its batch slot is freed); no more events reach its emit. A
@@ -271,20 +263,29 @@ class Worker(ABC):
         """generate, continuing a request that generated generated_ids elsewhere: its first
         token event has index len(generated_ids); a cache staged for request_id is used.
         Same contract as generate otherwise."""
-        if not self.alive:
-            emit(Event("error", status=503, message=f"{self.name} is not running "
-                       f"({self._death or self._state})"))
+        if not self._admit(request_id, model, emit):
             return
-        if model != self.model:
-            raise RuntimeError(f"{self.name}: holds {self.model}, not {model}")
-        if request_id in self._requests:
-            raise RuntimeError(f"{self.name}: request {request_id} already running")
         self._staged.discard(request_id)
-        self._requests[request_id] = emit
         self._send("resume", request_id, model, list(prompt_ids), list(generated_ids), params,
                    generator_state)
 
     # -- for implementations -------------------------------------------------------------
+
+    def _admit(self, request_id: str, model: str, emit: Emit) -> bool:
+        """Book a request that generate or resume starts; False (after a 503 error event)
+        when the worker is not running. RuntimeError for a model it does not hold or an id
+        already running here."""
+        if not self.alive:
+            emit(Event("error", status=503, message=f"{self.name} is not running "
+                       f"({self._death or self._state})"))
+            return False
+        if model != self.model:
+            raise RuntimeError(f"{self.name}: holds {self.model}, not {model}")
+        if request_id in self._requests:
+            raise RuntimeError(f"{self.name}: request {request_id} already running")
+        self._requests[request_id] = emit
+        return True
+
 
     def _event(self, request_id: str, event: Event) -> None:
         """Route one event of a request to its emit (drops events of cancelled requests)."""
