@@ -1,4 +1,8 @@
-"""python -m bas.sort IN OUT [--memory 1G] ...: sort fixed-size records, report as JSON."""
+"""python -m bas.sort IN OUT [--memory 1G] ...: sort fixed-size records, report as JSON.
+
+With --ray ADDRESS the records of several nodes are sorted over a Ray cluster
+(bas.sort.cluster_cli).
+"""
 
 from __future__ import annotations
 
@@ -86,8 +90,16 @@ def _progress(stream, signals: _StopSignals):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--ray" or a.startswith("--ray=") for a in argv):  # the cluster sort
+        from bas.sort.cluster_cli import main as cluster_main
+
+        return cluster_main(argv)
     p = argparse.ArgumentParser(prog="python -m bas.sort",
-                                description="Sort fixed-size records (WiscSort).")
+                                description="Sort fixed-size records (WiscSort).",
+                                epilog="python -m bas.sort --ray ADDRESS NODE:PATH... "
+                                       "--output-dir DIR sorts over a Ray cluster "
+                                       "(python -m bas.sort --ray ADDRESS --help).")
     p.add_argument("input", help="input path or device URL")
     p.add_argument("output", help="output path (written atomically) or device URL")
     p.add_argument("--memory", default="1G",
