@@ -108,7 +108,9 @@ class Config:
     """Everything `serving.run` needs; defaults serve one machine on 127.0.0.1:8343.
 
     store: the root of the local state (STORE/registry, STORE/workers/I); registry: the
-    registry's directory or URL (default STORE/registry). policy: the serving.policy that
+    registry's directory or URL (default STORE/registry); registry_bandwidth: bytes/s of the
+    link to it (e.g. "1.25GB" for 10 Gbit/s), the first estimate of a registry load until
+    loads are observed (None: ckpt's RemoteTier default). policy: the serving.policy that
     places cold starts ("locality", "locality+migration", "random", "least-loaded"). Each
     worker stands for one server with its own DRAM tier (dram_per_worker bytes, 0 for
     none) and disk tier (disk_per_worker bytes under STORE/workers/I). backend "ray": every
@@ -123,6 +125,7 @@ class Config:
     api_key: str | None = None
     store: str = "./serving-store"
     registry: str | None = None
+    registry_bandwidth: int | None = None  # bytes/s of the link to it; None: the tier's default
     dram_per_worker: int = 4 << 30
     disk_per_worker: int = 64 << 30
     max_body_bytes: int = 1 << 20
@@ -147,6 +150,10 @@ class Config:
             raise ConfigError("api_key: expected a non-empty string")
         for key in ("dram_per_worker", "disk_per_worker", "max_body_bytes"):
             setattr(self, key, parse_size(getattr(self, key), key))
+        if self.registry_bandwidth is not None:
+            self.registry_bandwidth = parse_size(self.registry_bandwidth, "registry_bandwidth")
+            if self.registry_bandwidth == 0:
+                raise ConfigError("registry_bandwidth: must be more than 0 bytes/s")
         for key in ("request_timeout", "shutdown_grace", "heartbeat"):
             setattr(self, key, _check_seconds(getattr(self, key), key))
         if self.heartbeat <= 0:

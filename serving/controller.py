@@ -35,6 +35,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -393,6 +394,8 @@ class Controller:
         if inst is not None and dep is not None and inst.state == "ready":
             self._pump(dep)
             self._maybe_idle(dep, inst)
+            if not inst.active:  # reclaimable now: a start waiting for a server may take it
+                self._pump_all()
 
     # -- scaling -------------------------------------------------------------------------
 
@@ -413,7 +416,12 @@ class Controller:
             coming += spec.target_concurrency
 
     def _pump_all(self) -> None:
-        for dep in list(self._models.values()):
+        """Pump every deployment, the one whose first queued request waits longest first:
+        a worker that just became free goes to the oldest request, whatever its model (in
+        deployment order, a popular model deployed early would starve the others' queues)."""
+        waiting = sorted((d for d in self._models.values()),
+                         key=lambda d: d.queue[0].arrival if d.queue else math.inf)
+        for dep in waiting:
             self._pump(dep)
 
     def _scale_up(self, dep: _Deployment) -> bool:
@@ -641,7 +649,8 @@ class Controller:
         c = self.config
         return WorkerSpec(index=index, disk_dir=c.worker_dir(index),
                           registry=c.registry_location, dram_bytes=c.dram_per_worker,
-                          disk_bytes=c.disk_per_worker, threads=c.threads(), device=c.device)
+                          disk_bytes=c.disk_per_worker, threads=c.threads(), device=c.device,
+                          registry_bandwidth=c.registry_bandwidth)
 
     async def _start_worker(self, worker: Worker) -> None:
         worker.on_death = self._on_death

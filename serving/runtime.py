@@ -53,7 +53,8 @@ class Runtime:
             tiers.append(ckpt.DramTier(spec.dram_bytes, pool=pool))
         tiers.append(ckpt.DiskTier(spec.disk_dir, spec.disk_bytes,
                                    profile=_saved_profile(spec.disk_dir)))
-        tiers.append(Registry(spec.registry).tier())
+        link = {} if spec.registry_bandwidth is None else {"bandwidth": spec.registry_bandwidth}
+        tiers.append(Registry(spec.registry).tier(**link))
         self.store = ckpt.Store(tiers)
         self.model: str | None = None
         self._engine = None

@@ -50,7 +50,8 @@ class WorkerSpec:
     """What a worker needs to build its server (plain data: it crosses process boundaries).
 
     dram_bytes 0: no DRAM tier. registry: the registry's directory or URL (serving.registry),
-    the slowest tier. threads: torch threads (cores // workers). max_batch: the engine's.
+    the slowest tier; registry_bandwidth: its link's bytes/s for estimates (None: default).
+    threads: torch threads (cores // workers). max_batch: the engine's.
     """
 
     index: int
@@ -61,6 +62,7 @@ class WorkerSpec:
     threads: int = 1
     device: str = "cpu"
     max_batch: int = 16
+    registry_bandwidth: int | None = None
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,18 @@ times as m0, m1, ... into one registry, built once under $BAS_BENCH_DATA). Every
 from the same tiers: each worker's disk holds DISK_MODELS of the models (model i on worker
 i mod WORKERS, and on), its DRAM nothing, and its disk tier carries a bas profile measured on
 the tiers' directory (serving.runtime.measure_disk_profile). DRAM holds DRAM_MODELS models per
-worker, so the models do not all fit. A record's `seconds` is the round's p99 TTFT (the ratios
-compare it); it also has mean/p50/p90 TTFT, cold starts per tier and migrations.
+worker, so the models do not all fit. The registry is served over HTTP from 127.0.0.1 behind an
+emulated network link of REGISTRY_RATE bytes/s shared by all downloads (tools/linkserver.py): on
+one machine a plain directory would "download" at page-cache speed, and a server holding a
+checkpoint locally would gain nothing over one fetching it; the servers are told the link's rate
+(registry_bandwidth), as an operator would. A record's `seconds` is the round's p99 TTFT (the
+ratios compare it); it also has mean/p50/p90 TTFT, cold starts per tier and migrations.
 
 Knobs (environment, BAS_BENCH_POLICY_<NAME>): MODELS (6), WORKERS (3), DRAM_MODELS (1.5),
 DISK_MODELS (2), REQUESTS (150), RATE (requests/s, 1.5), CV (4), ZIPF (1.1), MAX_TOKENS (8),
-PROMPT_WORDS (16), KEEP_ALIVE (s, 4), SEED (0).
+PROMPT_WORDS (16), KEEP_ALIVE (s, 4), REGISTRY_RATE (bytes/s, 125e6: 1 Gbit/s), SEED (0);
+BAS_BENCH_POLICY_LOGS: a directory where each round's server log is kept (placements with their
+candidates, loads with their tiers).
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ POLICIES = {"policy-locality": "locality", "policy-locality-migration": "localit
             "policy-random": "random", "policy-least-loaded": "least-loaded"}
 TIERS = ("dram", "local", "registry")
 _KNOBS = dict(MODELS=6, WORKERS=3, DRAM_MODELS=1.5, DISK_MODELS=2, REQUESTS=150, RATE=1.5,
-              CV=4.0, ZIPF=1.1, MAX_TOKENS=8, PROMPT_WORDS=16, KEEP_ALIVE=4.0, SEED=0)
+              CV=4.0, ZIPF=1.1, MAX_TOKENS=8, PROMPT_WORDS=16, KEEP_ALIVE=4.0,
+              REGISTRY_RATE=125e6, SEED=0)
 _MIGRATION = re.compile(r": moving \d+ inference")
 
 
@@ -191,6 +198,34 @@ def _seed(path: str, reg: str, disk_bytes: int, held: dict) -> None:
             del store.load(name, "cpu").tensors  # streams the registry's copy into the disk
 
 
+class _Link:
+    """tools/linkserver.py serving directory at rate bytes/s, in a process of its own."""
+
+    def __init__(self, directory: str, rate: float, workdir: str):
+        port_file = tempfile.mktemp(prefix="link-port-", dir=workdir)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "linkserver.py"), directory, "--rate",
+             str(rate), "--port-file", port_file], start_new_session=True)
+        deadline = time.monotonic() + 30.0
+        while not os.path.exists(port_file):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the registry's link server did not start")
+            time.sleep(0.05)
+        with open(port_file) as f:
+            self.url = f"http://127.0.0.1:{int(f.read())}"
+        os.unlink(port_file)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 # -- the workloads -----------------------------------------------------------------------------
 
 
@@ -205,13 +240,19 @@ def _run_policy(name: str, ctx: Context):
     seed = seed_tiers(ctx, k, reg, disk)
     stream = arrivals(k["REQUESTS"], k["RATE"], k["CV"], k["ZIPF"], k["MODELS"], k["SEED"])
     settings = {"workers": k["WORKERS"], "dram_per_worker": dram, "disk_per_worker": disk,
-                "policy": policy, "heartbeat": 1.0}
+                "policy": policy, "heartbeat": 1.0,
+                "registry_bandwidth": int(k["REGISTRY_RATE"])}
     models = [{"name": f"m{i}", "keep_alive": k["KEEP_ALIVE"], "queue_limit": 100_000,
                "max_instances": 1} for i in range(k["MODELS"])]
     for _ in range(ctx.repeat):
         store = tempfile.mkdtemp(prefix="store-", dir=ctx.workdir)
         shutil.copytree(os.path.join(seed, "workers"), os.path.join(store, "workers"))
-        server = Ours(ctx.workdir, store, reg, settings, models=models).start()
+        link = _Link(reg, k["REGISTRY_RATE"], ctx.workdir)
+        try:
+            server = Ours(ctx.workdir, store, link.url, settings, models=models).start()
+        except BaseException:
+            link.stop()
+            raise
         try:
             before = server.metrics()
             server.server.new_output()
@@ -222,7 +263,13 @@ def _run_policy(name: str, ctx: Context):
             log = server.server.new_output()
         finally:
             server.stop()
+            link.stop()
             shutil.rmtree(store, ignore_errors=True)
+        keep = os.environ.get("BAS_BENCH_POLICY_LOGS")  # a directory for the servers' logs
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            with open(os.path.join(keep, f"{name}-{time.strftime('%H%M%S')}.log"), "w") as f:
+                f.write(log)
         yield _record(name, policy, ctx, k, nbytes, reg, results, wall, before, after, log)
 
 
@@ -240,10 +287,12 @@ def _record(name, policy, ctx, k, nbytes, reg, results, wall, before, after, log
         model_bytes=nbytes, models=k["MODELS"], workers=k["WORKERS"],
         dram_models=k["DRAM_MODELS"], disk_models=k["DISK_MODELS"], rate=k["RATE"],
         cv=k["CV"], zipf=k["ZIPF"], seed=k["SEED"], max_tokens=k["MAX_TOKENS"],
-        keep_alive=k["KEEP_ALIVE"], requests=len(results), failed=len(results) - len(ttfts),
+        keep_alive=k["KEEP_ALIVE"], registry_rate=k["REGISTRY_RATE"],
+        requests=len(results), failed=len(results) - len(ttfts),
         seconds=p99, ttft_mean=statistics.fmean(ttfts) if ttfts else None,
         ttft_p50=percentile(ttfts, 50), ttft_p90=percentile(ttfts, 90), ttft_p99=p99,
-        ttft_max=max(ttfts, default=None), wall=wall, cold_starts=cold,
+        ttft_max=max(ttfts, default=None), wall=wall,
+        ttfts=[None if r.ttft is None else round(r.ttft, 4) for r in results], cold_starts=cold,
         cold_starts_total=sum(cold.values()), migrations=len(_MIGRATION.findall(log)),
         valid=not errors, **({"error": f"{len(errors)} failed, first: {errors[0]}"}
                              if errors else {}))

@@ -188,3 +188,64 @@ def test_queue_limit_zero_refuses_but_starts_an_instance(make):
 
     refused, events = asyncio.run(main())
     assert refused.status == 429 and events[-1].kind == "done"
+
+
+def _models_controller(tmp_path, tiny, names, **settings):
+    config = load_config(None, store=str(tmp_path), heartbeat=0.05, workers=1,
+                         models=[{"name": n, "path": tiny, "keep_alive": 60.0,
+                                  "max_instances": 1} for n in names], **settings)
+    return Controller(config, worker_factory=FakeWorker)
+
+
+def _for(model, rid, max_tokens=3):
+    return GenerateRequest(rid, model, SamplingParams(max_tokens=max_tokens), prompt="hello")
+
+
+def test_a_start_waiting_for_a_server_takes_an_instance_as_soon_as_it_idles(tiny, tmp_path):
+    # regression: the waiting start was pumped only when the idle instance's keep-alive
+    # (60 s here) expired, so the request timed out although the worker sat idle
+    FakeWorker.made = []
+    FakeWorker.fail_load = None
+
+    async def main():
+        c = _models_controller(tmp_path, tiny, ["a", "b"], request_timeout=5.0)
+        await c.start()
+        first = asyncio.ensure_future(_all(c, _for("a", "1", 30)))
+        await asyncio.sleep(0.15)  # a is loaded and generating on the only worker
+        second = await _all(c, _for("b", "2"))
+        await first
+        await c.stop(1)
+        return second
+
+    second = asyncio.run(main())
+    assert second[-1].kind == "done", second[-1]
+
+
+def test_a_freed_server_goes_to_the_request_that_waited_longest(tiny, tmp_path):
+    # regression: freed servers went to the deployments in the order they were deployed,
+    # so a model deployed early overtook the queue of one deployed later
+    FakeWorker.made = []
+    FakeWorker.fail_load = None
+    finished = []
+
+    async def main():
+        c = _models_controller(tmp_path, tiny, ["early", "late", "busy"])
+        await c.start()
+
+        async def run(model, rid, n=3):
+            events = await _all(c, _for(model, rid, n))
+            finished.append(model)
+            return events
+
+        busy = asyncio.ensure_future(run("busy", "1", 30))
+        await asyncio.sleep(0.15)
+        late = asyncio.ensure_future(run("late", "2"))
+        await asyncio.sleep(0.05)
+        early = asyncio.ensure_future(run("early", "3"))
+        events = await asyncio.gather(busy, late, early)
+        await c.stop(1)
+        return events
+
+    events = asyncio.run(main())
+    assert all(e[-1].kind == "done" for e in events)
+    assert finished == ["busy", "late", "early"]

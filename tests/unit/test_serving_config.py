@@ -98,3 +98,11 @@ def test_threads_share_the_cores():
     assert Config(workers=1, threads_per_worker=3).threads() == 3
     assert Config(workers=10_000).threads() == 1
 
+
+
+def test_registry_bandwidth_is_a_rate_in_bytes_per_second():
+    assert Config(registry_bandwidth="125MB").registry_bandwidth == 125_000_000
+    assert Config().registry_bandwidth is None
+    for bad in (0, "fast", -1):
+        with pytest.raises(ConfigError, match="registry_bandwidth"):
+            Config(registry_bandwidth=bad)
