@@ -67,6 +67,8 @@ log = logging.getLogger("serving.controller")
 
 #: a model whose instance kills its worker this many times in a row stops being retried
 MAX_LOAD_DEATHS = 2
+#: weight of a new token interval in a deployment's average seconds per output token
+TPOT_ALPHA = 0.1
 
 
 class _Request:
@@ -114,6 +116,8 @@ class _Deployment:
         self.load_deaths = 0
         self.nbytes = 0  # checkpoint bytes and tensors, for placement estimates
         self.ntensors = 1
+        self.tpot: float | None = None  # seconds per output token (averaged), once observed
+        self.wake: asyncio.TimerHandle | None = None  # re-place a start that waits
 
     def live(self) -> list[_Instance]:
         return [i for i in self.instances if i.state in ("loading", "ready")]
@@ -311,7 +315,9 @@ class Controller:
                          "first token %.3f s after the start", name, inst.worker.name,
                          rep.tier, rep.load_seconds, rep.build_seconds, now - inst.started)
         else:
-            self.metrics.token_interval(name, now - r.last_token)
+            gap = now - r.last_token
+            self.metrics.token_interval(name, gap)
+            dep.tpot = gap if dep.tpot is None else TPOT_ALPHA * gap + (1 - TPOT_ALPHA) * dep.tpot
         r.last_token = now
 
     def _wait_info(self, dep: _Deployment, r: _Request) -> dict:
@@ -433,7 +439,7 @@ class Controller:
             return True
         chosen = decision.chosen
         if chosen is None:
-            log.debug("%s: no free worker and no idle instance to replace", name)
+            self._wait_for(dep, decision)
             return False
         worker = self._workers[chosen.server]
         victim = None
@@ -477,6 +483,31 @@ class Controller:
         src.draining = True
         self._spawn(self._evacuate_then_start(dep, start, src, dest))
         return True
+
+    def _wait_for(self, dep: _Deployment, decision: Decision) -> None:
+        """dep's start waits: for any server (none can take it), or for the busy server the
+        policy expects to idle soon enough (candidates[0].wait). Idle instances pump every
+        queue; the timer re-places the start in case that server stays busy longer than
+        expected (the policy stops waiting once the request waited as long as starting
+        elsewhere would have taken)."""
+        name = dep.spec.name
+        best = decision.candidates[0] if decision.candidates else None
+        if best is None or not best.wait:
+            log.debug("%s: no free worker and no idle instance to replace", name)
+            return
+        now = next((c.seconds for c in decision.candidates if not c.wait), None)
+        log.info("%s: waiting for %s, expected %.3f s (%s)%s", name,
+                 self._workers[best.server].name, best.seconds, best.why,
+                 "" if now is None else f"; starting now would take {now:.3f} s")
+        if dep.wake is not None:
+            dep.wake.cancel()
+        delay = best.queue if now is None else min(best.queue, now)
+        dep.wake = self._loop.call_later(max(0.01, delay * 1.1), self._woken, dep)
+
+    def _woken(self, dep: _Deployment) -> None:
+        dep.wake = None
+        if self._models.get(dep.spec.name) is dep:
+            self._pump(dep)
 
     def _log_placement(self, decision: Decision, chosen: Candidate) -> None:
         name, worker = decision.model, self._workers[chosen.server]
@@ -607,23 +638,27 @@ class Controller:
         for w in self._workers:
             index = w.spec.index
             inst = self._assigned.get(index)
-            reclaimable, running = False, ()
+            reclaimable, running, busy_for = False, (), None
             if inst is not None and inst.state == "ready":
                 running = tuple(Inference(r.rid, inst.model, len(r.ids) + r.generated)
                                 for r in inst.active)
+                dep = self._models.get(inst.model)
                 if not inst.active and not inst.moving_in:
-                    dep = self._models.get(inst.model)
                     ready = sum(i.state == "ready" for i in dep.instances) if dep else 0
                     reclaimable = dep is None or ready > dep.spec.min_instances
+                elif dep is not None and not inst.moving_in and not inst.draining:
+                    busy_for = _busy_for(dep, inst)
             servers.append(ServerView(
                 index, w.name, alive=w.alive, free=w.alive and inst is None,
                 model=inst.model if inst is not None else None, running=running,
                 reclaimable=reclaimable, last_used=inst.last_used if inst is not None else 0.0,
-                load=len(inst.active) if inst is not None else 0,
+                load=len(inst.active) if inst is not None else 0, busy_for=busy_for,
                 tiers=tuple(self._estimates.tier(index, t, held) for t, held in w.tiers.items()),
                 registry=self._estimates.tier(index, REGISTRY)))
+        now = self._loop.time()
         models = [ModelInfo(name, dep.nbytes, dep.ntensors,
-                            *self._migration_costs.get(name, (0.0, 0.0)))
+                            *self._migration_costs.get(name, (0.0, 0.0)),
+                            waited=now - dep.queue[0].arrival if dep.queue else 0.0)
                   for name, dep in self._models.items()]
         return Snapshot.of(servers, models)
 
@@ -942,6 +977,22 @@ class Controller:
                 "load_seconds": i.report.load_seconds if i.report else None,
             } for i in dep.instances],
         }
+
+
+def _busy_for(dep: _Deployment, inst: _Instance) -> float | None:
+    """Seconds until inst (serving dep's requests) is expected to idle: its longest
+    remaining generation, then what dep's queue still holds for it, at dep's observed
+    seconds per token; None before a token interval was observed, or when a request's
+    length is unbounded."""
+    if dep.tpot is None:
+        return None
+    longest = 0
+    for r in itertools.chain(inst.active, dep.queue):
+        limit = r.req.params.max_tokens
+        if limit is None:
+            return None
+        longest = max(longest, limit - r.generated + (r.last_token is None))
+    return longest * dep.tpot
 
 
 def _free_instance(dep: _Deployment) -> _Instance | None:

@@ -16,12 +16,18 @@ serving.estimates (seeded by the worker's ckpt tiers, corrected by the loads obs
 Who may take a cold start: a *free* server (alive, no instance); when none is free, a
 *reclaimable* one (its idle instance, above its model's min_instances, is unloaded first:
 Candidate.evict names that model). A busy server (an instance loading, or serving
-inferences) takes none, unless `locality+migration` proposes moving its inferences away.
+inferences) takes none now, but the locality policies may *wait* for one: a busy server
+holding the model locally, expected idle in ServerView.busy_for seconds, is a candidate of
+busy_for + its load (Candidate.wait), the start goes there once it idles when that beats
+every start now, unless the request already waited that long (ModelInfo.waited: waiting
+is then no longer trusted, estimates of when a server idles being the least reliable).
+`locality+migration` may also propose moving a busy server's inferences away.
 
 Decision contract (what the controller, and serving.migration, rely on):
 
 - `Decision.server` never needs a migration: it is free (or reclaimable, `chosen.evict`
-  set), or None when nothing can start now (the controller waits for a server).
+  set), or None when nothing can start now or waiting is faster (the controller waits for a
+  server; `candidates[0].wait` then names the busy server worth waiting for, and when).
 - `Decision.migration` (only from `locality+migration`) is an optional, better plan: move
   every inference running on `migration.source` (ids `request_ids`, all of the one instance
   of `migration.model` there) to the free server `migration.destination`, which first loads
@@ -99,8 +105,9 @@ class ServerView:
     None when free. running: the inferences its instance serves now. reclaimable: its
     instance is idle and may be unloaded to make room (last_used orders those, least
     recently used first). load: requests running or queued for it (least-loaded's key).
-    queue_wait: seconds before its load queue could start another load. tiers: its local
-    tiers, fastest first; registry: its view of the registry (bandwidth from it).
+    queue_wait: seconds before its load queue could start another load. busy_for: seconds
+    until its busy instance is expected to idle (None: unknown, never waited for). tiers:
+    its local tiers, fastest first; registry: its view of the registry (bandwidth from it).
     """
 
     index: int
@@ -113,6 +120,7 @@ class ServerView:
     last_used: float = 0.0
     load: int = 0
     queue_wait: float = 0.0
+    busy_for: float | None = None
     tiers: tuple[TierView, ...] = ()
     registry: TierView = TierView(REGISTRY, 100e6)
 
@@ -132,14 +140,16 @@ class ServerView:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A deployed model: its checkpoint's size and its migration cost model (seconds per
-    inference = cost_a * tokens + cost_b, measured per model at deploy time)."""
+    """A deployed model: its checkpoint's size, its migration cost model (seconds per
+    inference = cost_a * tokens + cost_b, measured per model at deploy time) and how long
+    its oldest request has waited for a start (bounds waiting for a busy server)."""
 
     name: str
     nbytes: int
     ntensors: int = 1
     cost_a: float = 0.0
     cost_b: float = 0.0
+    waited: float = 0.0  # seconds its oldest request waiting for a start has waited
 
 
 @dataclass(frozen=True)
@@ -204,7 +214,10 @@ class Snapshot:
 class Candidate:
     """A server for a start and why: seconds = queue + load from tier (estimates).
 
-    evict: the model of the idle instance to unload first (a reclaimable server), else None.
+    evict: the model of the instance to unload first (a reclaimable server, or a busy one
+    waited for), else None; penalty: that model's own reload there (what unloading it may
+    cost its next request), added to seconds when candidates are ranked. wait: the server
+    is busy; the start waits for it to idle (queue: the expected wait).
     """
 
     server: int
@@ -213,6 +226,8 @@ class Candidate:
     queue: float = 0.0
     why: str = ""
     evict: str | None = None
+    wait: bool = False
+    penalty: float = 0.0
 
     @property
     def load_seconds(self) -> float:
@@ -282,18 +297,27 @@ class Policy(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
 
-def _candidate(server: ServerView, model: ModelInfo) -> Candidate:
-    """server's estimate for model, with the reason in words."""
+def _candidate(server: ServerView, model: ModelInfo, snap: Snapshot | None = None
+               ) -> Candidate:
+    """server's estimate for model, with the reason in words (and, given snap, the reload
+    penalty of the instance it would unload)."""
     load, tier = server.estimate(model)
     holds = "" if tier.name == REGISTRY else f"{tier.name} holds it; "
     text = (f"{holds}{server.queue_wait:.3f} s queue + {tier.latency:.3f} s + "
             f"{model.nbytes / 1e6:.1f} MB at {tier.bandwidth / 1e6:.1f} MB/s from {tier.name}")
+    evict = None if server.free else server.model
     return Candidate(server.index, server.queue_wait + load, tier.name, server.queue_wait,
-                     text, None if server.free else server.model)
+                     text, evict, penalty=_reload(server, evict, snap))
+
+
+def _reload(server: ServerView, evict: str | None, snap: Snapshot | None) -> float:
+    """Seconds to load evict again on server (0 for nothing evicted or an unknown model)."""
+    info = snap.models.get(evict) if snap is not None and evict is not None else None
+    return server.estimate(info)[0] if info is not None else 0.0
 
 
 def _ranked(cands: Iterable[Candidate]) -> tuple[Candidate, ...]:
-    return tuple(sorted(cands, key=lambda c: (c.seconds, c.server)))
+    return tuple(sorted(cands, key=lambda c: (c.seconds + c.penalty, c.server)))
 
 
 class Locality(Policy):
@@ -304,22 +328,50 @@ class Locality(Policy):
 
     def _place(self, model: ModelInfo, snap: Snapshot) -> Decision:
         cands, examined = self._starts(model, snap)
-        ranked = _ranked(cands)
-        return Decision(self.name, model.name, ranked[0].server if ranked else None, ranked,
-                        examined=examined)
+        waits = _waits(model, snap, cands)
+        ranked = _ranked(cands + waits)
+        server = ranked[0].server if ranked and not ranked[0].wait else None
+        return Decision(self.name, model.name, server, ranked,
+                        examined=examined + len(waits))
 
     def _starts(self, model: ModelInfo, snap: Snapshot) -> tuple[list[Candidate], int]:
-        """Candidates among free servers, else among reclaimable ones; and the count."""
+        """Candidates: the free servers worth a look (_best_free), the reclaimable ones
+        holding the model (ranked with their reload penalty, so an idle instance is unloaded
+        only when that saves more than reloading it costs), and, when none is free, the
+        least recently used reclaimable one; and the count of estimates made."""
         servers = snap.servers
-        if snap.free:
-            return _best_free(model, snap, exclude=None)
-        # reclaimable holders, plus the least recently used one (a registry load)
+        cands, examined = _best_free(model, snap, exclude=None) if snap.free else ([], 0)
         picks = {i for i in snap.holders.get(model.name, ()) if servers[i].reclaimable
                  and not servers[i].free and servers[i].model != model.name}
-        lru = next(iter(_reclaimable(snap, model)), None)
+        lru = None if snap.free else next(iter(_reclaimable(snap, model)), None)
         if lru is not None:
             picks.add(lru)
-        return [_candidate(servers[i], model) for i in picks], len(picks)
+        cands += [_candidate(servers[i], model, snap) for i in sorted(picks)]
+        return cands, examined + len(picks)
+
+
+def _waits(model: ModelInfo, snap: Snapshot, starts: list[Candidate]) -> list[Candidate]:
+    """Busy servers holding model locally that are worth waiting for: expected idle
+    (busy_for) and ranked before every start now (with reload penalties), which the request
+    has not already waited for (past that, waiting is not trusted: see the module
+    docstring)."""
+    now = min((c.seconds for c in starts), default=float("inf"))
+    if model.waited >= now:
+        return []
+    bar = min((c.seconds + c.penalty for c in starts), default=float("inf"))
+    out = []
+    for i in snap.holders.get(model.name, ()):
+        s = snap.servers[i]
+        if s.free or s.reclaimable or s.busy_for is None or s.model == model.name:
+            continue
+        load, tier = s.estimate(model)
+        penalty = _reload(s, s.model, snap)
+        if s.busy_for + load + penalty < bar:
+            out.append(Candidate(i, s.busy_for + load, tier.name, s.busy_for,
+                                 f"busy with {s.model} for ~{s.busy_for:.3f} s, then "
+                                 f"{load:.3f} s from {tier.name}", s.model, wait=True,
+                                 penalty=penalty))
+    return out
 
 
 def _reclaimable(snap: Snapshot, model: ModelInfo) -> list[int]:

@@ -52,7 +52,7 @@ POLICIES = {"policy-locality": "locality", "policy-locality-migration": "localit
 TIERS = ("dram", "local", "registry")
 _KNOBS = dict(MODELS=6, WORKERS=3, DRAM_MODELS=1.5, DISK_MODELS=2, REQUESTS=150, RATE=1.5,
               CV=4.0, ZIPF=1.1, MAX_TOKENS=8, PROMPT_WORDS=16, KEEP_ALIVE=4.0,
-              REGISTRY_RATE=125e6, SEED=0)
+              REGISTRY_RATE=125e6, DISK_ROOM=0.0, SEED=0)
 _MIGRATION = re.compile(r": moving \d+ inference")
 
 
@@ -62,7 +62,7 @@ def knobs() -> dict:
     for name, default in _KNOBS.items():
         text = os.environ.get(f"BAS_BENCH_POLICY_{name}")
         value = default if text is None else type(default)(text)
-        if value < 0 or (value == 0 and name not in ("SEED", "KEEP_ALIVE")):
+        if value < 0 or (value == 0 and name not in ("SEED", "KEEP_ALIVE", "DISK_ROOM")):
             raise ValueError(f"BAS_BENCH_POLICY_{name} must be more than 0, got {text}")
         out[name] = value
     return out
@@ -236,7 +236,7 @@ def _run_policy(name: str, ctx: Context):
     reg = registry(ctx, k)
     nbytes = model_info(model_dir(ctx))["bytes"]
     dram = int(nbytes * k["DRAM_MODELS"] * 1.1)  # room for the index and alignment
-    disk = int(nbytes * k["DISK_MODELS"] * 1.2)
+    disk = int(nbytes * (k["DISK_ROOM"] or k["DISK_MODELS"]) * 1.2)
     seed = seed_tiers(ctx, k, reg, disk)
     stream = arrivals(k["REQUESTS"], k["RATE"], k["CV"], k["ZIPF"], k["MODELS"], k["SEED"])
     settings = {"workers": k["WORKERS"], "dram_per_worker": dram, "disk_per_worker": disk,

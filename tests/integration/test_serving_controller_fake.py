@@ -249,3 +249,49 @@ def test_a_freed_server_goes_to_the_request_that_waited_longest(tiny, tmp_path):
     events = asyncio.run(main())
     assert all(e[-1].kind == "done" for e in events)
     assert finished == ["busy", "late", "early"]
+
+
+class HoldingWorker(FakeWorker):
+    """Keeps every model it loaded in its DRAM tier; its registry link is slow (1 KB/s), so a
+    start elsewhere costs seconds while its DRAM costs nothing."""
+
+    loads: list = []
+
+    async def _start(self):
+        self.dram = set()
+        return {"tiers": {"dram": []},
+                "estimates": {"dram": {"bandwidth": 1e12}, "registry": {"bandwidth": 1e3}}}
+
+    async def _call(self, op, *args):
+        if op != "load":
+            return {"dram": sorted(self.dram)}
+        await asyncio.sleep(self.load_delay)
+        tier = "dram" if args[0] in self.dram else "registry"
+        self.dram.add(args[0])
+        HoldingWorker.loads.append((self.spec.index, args[0], tier))
+        return LoadReport(args[0], tier, self.load_delay, 0.0, 10_000, {"dram": sorted(self.dram)})
+
+
+def test_a_start_waits_for_the_busy_server_holding_its_checkpoint(tiny, tmp_path):
+    HoldingWorker.loads = []
+    HoldingWorker.fail_load = None
+
+    async def main():
+        config = load_config(None, store=str(tmp_path), heartbeat=0.05, workers=2, models=[
+            {"name": n, "path": tiny, "keep_alive": 0.0, "max_instances": 1}
+            for n in ("x", "y")])
+        c = Controller(config, worker_factory=HoldingWorker)
+        await c.start()
+        await _all(c, _for("x", "1"))  # x's checkpoint is now in worker 0's DRAM
+        await asyncio.sleep(0.1)  # and its instance unloaded (keep_alive 0)
+        busy = asyncio.ensure_future(_all(c, _for("y", "2", 30)))  # y on worker 0 (index)
+        await asyncio.sleep(0.1)  # a few tokens: y's seconds per token are known
+        again = await _all(c, _for("x", "3"))
+        await busy
+        await c.stop(1)
+        return again
+
+    again = asyncio.run(main())
+    assert again[-1].kind == "done"
+    assert HoldingWorker.loads == [(0, "x", "registry"), (0, "y", "registry"),
+                                   (0, "x", "dram")]

@@ -23,10 +23,12 @@ DRAM, DISK, REMOTE = 20e9, 2e9, 0.2e9  # bytes/s
 
 
 def server(index, *, dram=(), local=(), free=True, model=None, running=(), queue=0.0,
-           reclaimable=False, last_used=0.0, load=0, alive=True, registry_bw=REMOTE):
+           reclaimable=False, last_used=0.0, load=0, alive=True, registry_bw=REMOTE,
+           busy_for=None):
     return ServerView(
         index, f"s{index}", alive=alive, free=free, model=model, running=tuple(running),
         reclaimable=reclaimable, last_used=last_used, load=load, queue_wait=queue,
+        busy_for=busy_for,
         tiers=(TierView("dram", DRAM, 0.0, frozenset(dram)),
                TierView("local", DISK, 0.001, frozenset(local))),
         registry=TierView(REGISTRY, registry_bw, 0.01))
@@ -99,6 +101,47 @@ def test_nothing_free_and_nothing_reclaimable_means_wait():
         assert d.server is None and d.chosen is None
 
 
+@pytest.mark.parametrize("name", ["locality", "locality+migration"])
+def test_a_start_waits_for_a_busy_holder_that_idles_sooner_than_a_registry_load(name):
+    # the registry takes 10 s for m; the DRAM holder is busy with x for about 1 s more
+    busy = server(1, dram=["m", "x"], free=False, model="x", running=running(1),
+                  busy_for=1.0)
+    d = get_policy(name).place("m", snap([server(0), busy], ModelInfo("m", 2 * GB),
+                                         ModelInfo("x", 2 * GB, cost_a=1.0, cost_b=30.0)))
+    assert d.server is None and d.chosen is None and d.migration is None
+    first = d.candidates[0]
+    assert (first.server, first.wait, first.tier, first.evict) == (1, True, "dram", "x")
+    assert first.seconds == pytest.approx(1.0 + 2 * GB / DRAM)
+    assert first.queue == pytest.approx(1.0) and "busy with x" in first.why
+    assert first.penalty == pytest.approx(2 * GB / DRAM)  # x reloads from that DRAM
+    assert (d.candidates[1].server, d.candidates[1].wait) == (0, False)
+
+
+def test_no_waiting_for_a_holder_busy_longer_than_starting_elsewhere():
+    busy = server(1, dram=["m"], free=False, model="x", running=running(1), busy_for=30.0)
+    d = Locality().place("m", snap([server(0), busy]))
+    assert d.server == 0 and d.chosen.tier == REGISTRY
+    assert all(not c.wait for c in d.candidates)
+
+
+def test_no_waiting_when_the_busy_time_is_unknown_or_the_request_waited_long_enough():
+    unknown = server(1, dram=["m"], free=False, model="x", running=running(1))
+    assert Locality().place("m", snap([server(0), unknown])).server == 0
+    busy = server(1, dram=["m"], free=False, model="x", running=running(1), busy_for=1.0)
+    waited = Locality().place("m", snap([server(0), busy], ModelInfo("m", 2 * GB,
+                                                                     waited=10.5)))
+    assert waited.server == 0 and all(not c.wait for c in waited.candidates)
+
+
+def test_waiting_examines_only_the_holders():
+    others = [server(i, free=False, model="y", running=running(1, "y"), busy_for=0.1)
+              for i in range(2, 200)]
+    busy = server(1, dram=["m"], free=False, model="x", running=running(1), busy_for=1.0)
+    d = Locality().place("m", snap([server(0), busy, *others]))
+    assert d.server is None and d.candidates[0].server == 1
+    assert d.examined == 2
+
+
 def test_a_reclaimable_server_is_used_only_when_none_is_free():
     servers = [server(0, dram=["m"], free=False, model="x", reclaimable=True), server(1)]
     models = (ModelInfo("m", GB), ModelInfo("x", GB))
@@ -106,6 +149,16 @@ def test_a_reclaimable_server_is_used_only_when_none_is_free():
     servers[1] = server(1, free=False, model="y", reclaimable=True, last_used=0.0)
     d = Locality().place("m", snap(servers, *models, ModelInfo("y", GB)))
     assert d.server == 0 and d.chosen.evict == "x" and d.chosen.tier == "dram"
+
+
+def test_an_idle_holder_is_reclaimed_when_that_saves_more_than_its_reload_costs():
+    # m from server 0's DRAM, x (unloaded there) back from the same DRAM: 0.2 s in all,
+    # against 5 s from the registry on the free server 1
+    servers = [server(0, dram=["m", "x"], free=False, model="x", reclaimable=True), server(1)]
+    d = Locality().place("m", snap(servers, ModelInfo("m", GB), ModelInfo("x", GB)))
+    assert (d.server, d.chosen.evict, d.chosen.tier) == (0, "x", "dram")
+    assert d.chosen.penalty == pytest.approx(GB / DRAM)
+    assert [c.server for c in d.candidates] == [0, 1]
 
 
 def test_the_victim_is_the_least_recently_used_idle_instance():
