@@ -147,6 +147,7 @@ class Controller:
         self._migration_costs: dict[str, tuple[float, float]] = {}  # model -> (a, b)
         self.migration_settings = MigrationSettings()
         self._no_migration_until: dict[int, float] = {}  # source worker -> loop time
+        self._tpot: float | None = None  # seconds per output token over every model
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -317,7 +318,8 @@ class Controller:
         else:
             gap = now - r.last_token
             self.metrics.token_interval(name, gap)
-            dep.tpot = gap if dep.tpot is None else TPOT_ALPHA * gap + (1 - TPOT_ALPHA) * dep.tpot
+            dep.tpot = _averaged(dep.tpot, gap)
+            self._tpot = _averaged(self._tpot, gap)
         r.last_token = now
 
     def _wait_info(self, dep: _Deployment, r: _Request) -> dict:
@@ -639,15 +641,18 @@ class Controller:
             index = w.spec.index
             inst = self._assigned.get(index)
             reclaimable, running, busy_for = False, (), None
+            dep = self._models.get(inst.model) if inst is not None else None
             if inst is not None and inst.state == "ready":
                 running = tuple(Inference(r.rid, inst.model, len(r.ids) + r.generated)
                                 for r in inst.active)
-                dep = self._models.get(inst.model)
                 if not inst.active and not inst.moving_in:
                     ready = sum(i.state == "ready" for i in dep.instances) if dep else 0
                     reclaimable = dep is None or ready > dep.spec.min_instances
                 elif dep is not None and not inst.moving_in and not inst.draining:
-                    busy_for = _busy_for(dep, inst)
+                    busy_for = self._busy_for(dep, inst)
+            elif inst is not None and inst.state == "loading" and dep is not None and (
+                    not inst.destination and inst.estimate is not None):
+                busy_for = self._busy_for(dep, inst)
             servers.append(ServerView(
                 index, w.name, alive=w.alive, free=w.alive and inst is None,
                 model=inst.model if inst is not None else None, running=running,
@@ -661,6 +666,21 @@ class Controller:
                             waited=now - dep.queue[0].arrival if dep.queue else 0.0)
                   for name, dep in self._models.items()]
         return Snapshot.of(servers, models)
+
+    def _busy_for(self, dep: _Deployment, inst: _Instance) -> float | None:
+        """Seconds until inst (loading or serving dep) is expected to idle: what remains of
+        its load, then its longest remaining generation among its requests and dep's queue,
+        at dep's seconds per token (every model's before dep's were observed); None before
+        any token interval was observed."""
+        tpot = dep.tpot if dep.tpot is not None else self._tpot
+        if tpot is None:
+            return None
+        longest = max((r.req.params.max_tokens - r.generated + (r.last_token is None)
+                       for r in itertools.chain(inst.active, dep.queue)), default=0)
+        loading = 0.0
+        if inst.state == "loading":
+            loading = max(0.0, inst.started + inst.estimate.load_seconds - self._loop.time())
+        return loading + longest * tpot
 
     def _observe_load(self, inst: _Instance, report: LoadReport) -> None:
         """A load completed: correct the estimates of its worker's tier (event-driven)."""
@@ -979,20 +999,8 @@ class Controller:
         }
 
 
-def _busy_for(dep: _Deployment, inst: _Instance) -> float | None:
-    """Seconds until inst (serving dep's requests) is expected to idle: its longest
-    remaining generation, then what dep's queue still holds for it, at dep's observed
-    seconds per token; None before a token interval was observed, or when a request's
-    length is unbounded."""
-    if dep.tpot is None:
-        return None
-    longest = 0
-    for r in itertools.chain(inst.active, dep.queue):
-        limit = r.req.params.max_tokens
-        if limit is None:
-            return None
-        longest = max(longest, limit - r.generated + (r.last_token is None))
-    return longest * dep.tpot
+def _averaged(average: float | None, sample: float) -> float:
+    return sample if average is None else TPOT_ALPHA * sample + (1 - TPOT_ALPHA) * average
 
 
 def _free_instance(dep: _Deployment) -> _Instance | None:

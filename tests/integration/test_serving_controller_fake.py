@@ -252,7 +252,7 @@ def test_a_freed_server_goes_to_the_request_that_waited_longest(tiny, tmp_path):
 
 
 class HoldingWorker(FakeWorker):
-    """Keeps every model it loaded in its DRAM tier; its registry link is slow (1 KB/s), so a
+    """Keeps every model it loaded in its DRAM tier; its registry link is slow (100 B/s), so a
     start elsewhere costs seconds while its DRAM costs nothing."""
 
     loads: list = []
@@ -260,7 +260,7 @@ class HoldingWorker(FakeWorker):
     async def _start(self):
         self.dram = set()
         return {"tiers": {"dram": []},
-                "estimates": {"dram": {"bandwidth": 1e12}, "registry": {"bandwidth": 1e3}}}
+                "estimates": {"dram": {"bandwidth": 1e12}, "registry": {"bandwidth": 1e2}}}
 
     async def _call(self, op, *args):
         if op != "load":
@@ -272,9 +272,13 @@ class HoldingWorker(FakeWorker):
         return LoadReport(args[0], tier, self.load_delay, 0.0, 10_000, {"dram": sorted(self.dram)})
 
 
-def test_a_start_waits_for_the_busy_server_holding_its_checkpoint(tiny, tmp_path):
+@pytest.mark.parametrize("while_y", ["generates", "loads"])
+def test_a_start_waits_for_the_busy_server_holding_its_checkpoint(tiny, tmp_path, while_y,
+                                                                   monkeypatch):
     HoldingWorker.loads = []
     HoldingWorker.fail_load = None
+    if while_y == "loads":
+        monkeypatch.setattr(HoldingWorker, "load_delay", 0.3)
 
     async def main():
         config = load_config(None, store=str(tmp_path), heartbeat=0.05, workers=2, models=[
@@ -285,7 +289,7 @@ def test_a_start_waits_for_the_busy_server_holding_its_checkpoint(tiny, tmp_path
         await _all(c, _for("x", "1"))  # x's checkpoint is now in worker 0's DRAM
         await asyncio.sleep(0.1)  # and its instance unloaded (keep_alive 0)
         busy = asyncio.ensure_future(_all(c, _for("y", "2", 30)))  # y on worker 0 (index)
-        await asyncio.sleep(0.1)  # a few tokens: y's seconds per token are known
+        await asyncio.sleep(0.1)  # y generates (seconds per token known), or still loads
         again = await _all(c, _for("x", "3"))
         await busy
         await c.stop(1)
