@@ -19,11 +19,12 @@ checkpoint locally would gain nothing over one fetching it; the servers are told
 (registry_bandwidth), as an operator would. A record's `seconds` is the round's p99 TTFT (the
 ratios compare it); it also has mean/p50/p90 TTFT, cold starts per tier and migrations.
 
-Knobs (environment, BAS_BENCH_POLICY_<NAME>): MODELS (6), WORKERS (3), DRAM_MODELS (1.5),
-DISK_MODELS (2), REQUESTS (150), RATE (requests/s, 1.5), CV (4), ZIPF (1.1), MAX_TOKENS (8),
-PROMPT_WORDS (16), KEEP_ALIVE (s, 4), REGISTRY_RATE (bytes/s, 125e6: 1 Gbit/s), SEED (0);
-BAS_BENCH_POLICY_LOGS: a directory where each round's server log is kept (placements with their
-candidates, loads with their tiers).
+Knobs (environment, BAS_BENCH_POLICY_<NAME>): MODELS (8), WORKERS (4), DRAM_MODELS (1.5),
+DISK_MODELS (2: models on each worker's disk at the start), DISK_ROOM (3: models each disk tier
+has room for; 0: DISK_MODELS), REQUESTS (100), RATE (requests/s, 0.4), CV (2), ZIPF (1.1),
+MAX_TOKENS (8), PROMPT_WORDS (16), KEEP_ALIVE (s, 2), REGISTRY_RATE (bytes/s, 125e6: 1 Gbit/s),
+SEED (0); BAS_BENCH_POLICY_LOGS: a directory where each round's server log is kept (placements
+with their candidates, loads with their tiers).
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ REPO = os.path.dirname(HERE)
 POLICIES = {"policy-locality": "locality", "policy-locality-migration": "locality+migration",
             "policy-random": "random", "policy-least-loaded": "least-loaded"}
 TIERS = ("dram", "local", "registry")
-_KNOBS = dict(MODELS=6, WORKERS=3, DRAM_MODELS=1.5, DISK_MODELS=2, REQUESTS=150, RATE=1.5,
-              CV=4.0, ZIPF=1.1, MAX_TOKENS=8, PROMPT_WORDS=16, KEEP_ALIVE=4.0,
-              REGISTRY_RATE=125e6, DISK_ROOM=0.0, SEED=0)
+_KNOBS = dict(MODELS=8, WORKERS=4, DRAM_MODELS=1.5, DISK_MODELS=2, DISK_ROOM=3.0,
+              REQUESTS=100, RATE=0.4, CV=2.0, ZIPF=1.1, MAX_TOKENS=8, PROMPT_WORDS=16,
+              KEEP_ALIVE=2.0, REGISTRY_RATE=125e6, SEED=0)
 _MIGRATION = re.compile(r": moving \d+ inference")
 
 
