@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import random as _random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -154,7 +154,9 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The cluster at one moment, with the indexes policies use (build it with `of`).
+    """The cluster at one moment, with the indexes policies use (build it with `of`, or,
+    as serving.sim does, directly from indexes kept up to date: any sequences with these
+    orders, read only during one place() call).
 
     servers: by index (servers[i].index == i). holders: model -> indices of alive servers
     whose local tiers hold it. free: free servers in registry-start order (queue wait +
@@ -343,7 +345,7 @@ class Locality(Policy):
         cands, examined = _best_free(model, snap, exclude=None) if snap.free else ([], 0)
         picks = {i for i in snap.holders.get(model.name, ()) if servers[i].reclaimable
                  and not servers[i].free and servers[i].model != model.name}
-        lru = None if snap.free else next(iter(_reclaimable(snap, model)), None)
+        lru = None if snap.free else next(_reclaimable(snap, model), None)
         if lru is not None:
             picks.add(lru)
         cands += [_candidate(servers[i], model, snap) for i in sorted(picks)]
@@ -374,10 +376,11 @@ def _waits(model: ModelInfo, snap: Snapshot, starts: list[Candidate]) -> list[Ca
     return out
 
 
-def _reclaimable(snap: Snapshot, model: ModelInfo) -> list[int]:
+def _reclaimable(snap: Snapshot, model: ModelInfo) -> Iterator[int]:
     """Reclaimable servers, least recently used first, but not those running model itself
-    (unloading an instance to load the same model again gains nothing)."""
-    return [i for i in snap.reclaimable if snap.servers[i].model != model.name]
+    (unloading an instance to load the same model again gains nothing); lazily, so taking
+    the first costs one server, not all of them."""
+    return (i for i in snap.reclaimable if snap.servers[i].model != model.name)
 
 
 def _best_free(model: ModelInfo, snap: Snapshot, exclude: int | None
@@ -461,7 +464,7 @@ class Random(Policy):
         self._rng = _random.Random(self.seed)
 
     def _place(self, model: ModelInfo, snap: Snapshot) -> Decision:
-        pool = snap.free or _reclaimable(snap, model)
+        pool = snap.free or list(_reclaimable(snap, model))
         if not pool:
             return Decision(self.name, model.name, None)
         server = snap.servers[pool[self._rng.randrange(len(pool))]]
@@ -477,10 +480,10 @@ class LeastLoaded(Policy):
     name = "least-loaded"
 
     def _place(self, model: ModelInfo, snap: Snapshot) -> Decision:
-        pool = snap.by_load or _reclaimable(snap, model)
-        if not pool:
+        first = snap.by_load[0] if snap.by_load else next(_reclaimable(snap, model), None)
+        if first is None:
             return Decision(self.name, model.name, None)
-        server = snap.servers[pool[0]]
+        server = snap.servers[first]
         return Decision(self.name, model.name, server.index,
                         (_candidate(server, model),), examined=1)
 
