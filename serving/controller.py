@@ -102,6 +102,8 @@ class _Instance:
         self.moving_in = 0  # migrations on their way here: keeps it from idling out
         self.loaded: asyncio.Task | None = None  # a migration destination's cold start
         self.destination = False  # started for a migration: no queue waits on its load
+        self.measuring = False  # timing the migration cost: not reclaimed meanwhile
+        self.measured = False  # that was tried here (once per instance)
 
 
 class _Deployment:
@@ -117,6 +119,7 @@ class _Deployment:
         self.nbytes = 0  # checkpoint bytes and tensors, for placement estimates
         self.ntensors = 1
         self.tpot: float | None = None  # seconds per output token (averaged), once observed
+        self.measuring = False  # its migration cost is being timed
         self.wake: asyncio.TimerHandle | None = None  # re-place a start that waits
 
     def live(self) -> list[_Instance]:
@@ -568,19 +571,29 @@ class Controller:
                  report.build_seconds, len(dep.queue))
         self._pump(dep)
         self._maybe_idle(dep, inst)
-        if "migration" in self._policy.name and name not in self._migration_costs:
-            self._spawn(self._measure_cost(dep, inst))
 
     def _maybe_idle(self, dep: _Deployment, inst: _Instance) -> None:
         """Arm the keep-alive timer of an instance that serves nothing."""
         if inst.active or inst.state != "ready" or inst.timer is not None:
             return
         inst.timer = self._loop.call_later(dep.spec.keep_alive, self._expire, dep, inst)
+        self._maybe_measure(dep, inst)
+
+    def _maybe_measure(self, dep: _Deployment, inst: _Instance) -> None:
+        """Time dep's migration cost on inst once, when inst has nothing to do and no
+        start waits for a server: measured on the first instance's worker right after its
+        cold start, the three prefills delayed that start's own first requests."""
+        if ("migration" not in self._policy.name or dep.spec.name in self._migration_costs
+                or dep.measuring or inst.measured or inst.active or inst.state != "ready"
+                or any(d.queue for d in self._models.values())):
+            return
+        dep.measuring = inst.measuring = inst.measured = True
+        self._spawn(self._measure_cost(dep, inst))
 
     def _expire(self, dep: _Deployment, inst: _Instance) -> None:
         inst.timer = None
         dep = self._models.get(inst.model, dep)  # the spec may have been redeployed
-        if inst.active or inst.moving_in or inst.state != "ready":
+        if inst.active or inst.moving_in or inst.measuring or inst.state != "ready":
             return
         ready = [i for i in dep.instances if i.state == "ready"]
         if len(ready) <= dep.spec.min_instances or self._stopping:
@@ -645,7 +658,7 @@ class Controller:
             if inst is not None and inst.state == "ready":
                 running = tuple(Inference(r.rid, inst.model, len(r.ids) + r.generated)
                                 for r in inst.active)
-                if not inst.active and not inst.moving_in:
+                if not inst.active and not inst.moving_in and not inst.measuring:
                     ready = sum(i.state == "ready" for i in dep.instances) if dep else 0
                     reclaimable = dep is None or ready > dep.spec.min_instances
                 elif dep is not None and not inst.moving_in and not inst.draining:
@@ -877,18 +890,23 @@ class Controller:
         self._pump(dep)
 
     async def _measure_cost(self, dep: _Deployment, inst: _Instance) -> None:
-        """The migration cost model of dep's model, timed on inst's worker (once)."""
+        """The migration cost model of dep's model, timed on inst's worker (tried once per
+        instance: a failure is logged, and another instance of the model tries again)."""
         name = dep.spec.name
         try:
             text, context = await self._text(dep)
             sample = text.encode("The quick brown fox jumps over the lazy dog. " * 4)
             a, b = await measure_cost(inst.worker, name, sample, context)
+            self.set_migration_cost(name, a, b)
+            log.info("%s: migration cost %.6f s/token + %.4f s (on %s)", name, a, b,
+                     inst.worker.name)
         except (WorkerError, ServingError) as exc:
             log.warning("%s: migration cost not measured: %s", name, exc)
-            return
-        self.set_migration_cost(name, a, b)
-        log.info("%s: migration cost %.6f s/token + %.4f s (on %s)", name, a, b,
-                 inst.worker.name)
+        finally:
+            dep.measuring = inst.measuring = False
+            if inst.state == "ready":
+                self._maybe_idle(dep, inst)  # its keep-alive, if it expired meanwhile
+                self._pump_all()  # it is reclaimable again
 
     # -- deployments ---------------------------------------------------------------------
 

@@ -115,7 +115,11 @@ def test_request_read_at_the_end_moved_to_a_cold_destination_equals_unmoved(tmp_
         assert _migrate(h, rid, 1 - source)  # loads the model there first
         assert h.status()["workers"][1 - source]["instance"] == "tiny"
         _same(stream.rest(), reference)
-        # the cost model was measured after the first cold start, for the policy
+        # the cost model was measured once the first instance had nothing to do
+        deadline = time.monotonic() + 120
+        while "tiny" not in h.loop.call(lambda: dict(h.controller._migration_costs)):
+            assert time.monotonic() < deadline, "the migration cost was never measured"
+            time.sleep(0.05)
         a, b = h.loop.call(lambda: h.controller._migration_costs["tiny"])
         assert a >= 0 and b > 0
         snapshot = h.loop.call(h.controller._snapshot)

@@ -48,7 +48,7 @@ def test_knobs_read_the_environment(monkeypatch):
     monkeypatch.setenv("BAS_BENCH_POLICY_RATE", "0.5")
     monkeypatch.setenv("BAS_BENCH_POLICY_WORKERS", "4")
     k = bench_policies.knobs()
-    assert k["RATE"] == 0.5 and k["WORKERS"] == 4 and k["MODELS"] == 6
+    assert k["RATE"] == 0.5 and k["WORKERS"] == 4 and k["MODELS"] == 8  # the default
     monkeypatch.setenv("BAS_BENCH_POLICY_MODELS", "0")
     with pytest.raises(ValueError, match="MODELS"):
         bench_policies.knobs()
