@@ -20,7 +20,7 @@ its instance is forgotten, and a fresh worker replaces it. A running request can
 another worker by its token ids (serving.migration: `migrate`, `evacuate`, and the
 `locality+migration` policy's proposals); the client's stream goes on without a gap.
 
-Why one file of ~950 lines: it is one state machine. A request, its instance and its worker
+Why one file of ~1000 lines: it is one state machine. A request, its instance and its worker
 change state together on one loop thread (admission, scaling, keep-alive, death, migration
 all move the same _Request/_Instance records), and splitting it by topic would spread one
 invariant ("every request ends once; an instance is counted in exactly one state") over
